@@ -1,0 +1,199 @@
+"""Typed, serializable run configuration for the ML core.
+
+Every run is one frozen dataclass tree, validated when it is built, saved with every checkpoint
+and rebuilt with ``from_dict``. Validation errors are :class:`ConfigError` and name the field and
+the fix, so that the studio can show them inline next to the form field.
+
+>>> ModelConfig.preset("tiny").n_params() > 0
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal, TypeVar
+
+T = TypeVar("T", bound="BaseConfig")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. ``field`` names it, ``hint`` says how to fix it."""
+
+    def __init__(self, field: str, message: str, hint: str = "") -> None:
+        self.field = field
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{field}: {message}" + (f" (hint: {hint})" if hint else ""))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "detail": self.message, "hint": self.hint}
+
+
+def _require(cond: bool, field: str, message: str, hint: str = "") -> None:
+    if not cond:
+        raise ConfigError(field, message, hint)
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Shared (de)serialization: nested dataclasses become dicts and back; unknown keys are errors."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+        data = dict(data or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                unknown[0],
+                f"unknown setting for {cls.__name__}",
+                f"valid settings: {', '.join(sorted(known))}",
+            )
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            sub = _nested_config_type(cls, name)
+            if sub is not None and isinstance(value, dict):
+                try:
+                    value = sub.from_dict(value)
+                except ConfigError as e:
+                    raise ConfigError(f"{name}.{e.field}", e.message, e.hint) from None
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # wrong types that dataclasses itself rejects
+            raise ConfigError(cls.__name__, str(e)) from None
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)
+
+
+def _nested_config_type(cls: type, name: str) -> type[BaseConfig] | None:
+    default = next((f for f in fields(cls) if f.name == name), None)
+    if default is None:
+        return None
+    if default.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        inst = default.default_factory()  # type: ignore[misc]
+        if isinstance(inst, BaseConfig):
+            return type(inst)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig(BaseConfig):
+    """Shape of a Llama-family transformer.
+
+    ``mode="decoder"``: causal self-attention and a next-token head (pretraining, chat).
+    ``mode="encoder"``: bidirectional attention and a masked-LM head on the same blocks.
+    """
+
+    vocab_size: int = 8192
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (plain multi-head attention)
+    ffn_dim: int | None = None  # None: Llama rule, about 8/3 * dim rounded up to multiple_of
+    multiple_of: int = 64
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    mode: Literal["decoder", "encoder"] = "decoder"
+    init_std: float = 0.02
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # about 1M parameters: unit tests
+        "tiny": dict(vocab_size=1024, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256,
+                     tie_embeddings=True),
+        # about 20M parameters: the CPU demo and CPU benchmarks
+        "small": dict(vocab_size=8192, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, max_seq_len=512),
+        "125m": dict(vocab_size=32000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, max_seq_len=2048),
+        "1b": dict(vocab_size=32000, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192,
+                   max_seq_len=2048, rope_theta=500000.0),
+        "7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
+                   max_seq_len=4096),
+    }
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.vocab_size, int) and self.vocab_size > 0, "vocab_size",
+                 f"must be a positive integer, got {self.vocab_size!r}",
+                 "use the tokenizer's vocabulary size")
+        _require(isinstance(self.dim, int) and self.dim > 0, "dim", f"must be positive, got {self.dim!r}")
+        _require(isinstance(self.n_layers, int) and self.n_layers > 0, "n_layers",
+                 f"must be positive, got {self.n_layers!r}")
+        _require(isinstance(self.n_heads, int) and self.n_heads > 0, "n_heads",
+                 f"must be positive, got {self.n_heads!r}")
+        _require(self.dim % self.n_heads == 0, "n_heads",
+                 f"dim={self.dim} is not divisible by n_heads={self.n_heads}",
+                 f"pick n_heads among the divisors of {self.dim}, e.g. {_divisors_hint(self.dim)}")
+        _require((self.dim // self.n_heads) % 2 == 0, "n_heads",
+                 f"head size dim/n_heads={self.dim // self.n_heads} must be even for rotary embeddings",
+                 "use fewer heads or a wider model")
+        kv = self.kv_heads
+        _require(kv > 0 and self.n_heads % kv == 0, "n_kv_heads",
+                 f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv}",
+                 f"pick n_kv_heads among the divisors of {self.n_heads}, e.g. {_divisors_hint(self.n_heads)}")
+        _require(self.max_seq_len > 0, "max_seq_len", "must be positive")
+        _require(self.ffn_dim is None or self.ffn_dim > 0, "ffn_dim", "must be positive or null")
+        _require(self.mode in ("decoder", "encoder"), "mode",
+                 f"must be 'decoder' or 'encoder', got {self.mode!r}")
+        _require(self.norm_eps > 0, "norm_eps", "must be positive")
+        _require(self.rope_theta > 0, "rope_theta", "must be positive")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU hidden width: explicit ``ffn_dim`` or Llama's 2/3 * 4 * dim rounded up."""
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        hidden = int(2 * (4 * self.dim) / 3)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def n_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count computed from the shape (matches ``sum(p.numel())`` of the model)."""
+        d, h, L = self.dim, self.hidden_dim, self.n_layers
+        attn = d * d + 2 * d * (self.kv_heads * self.head_dim) + d * d
+        mlp = 3 * d * h
+        per_layer = attn + mlp + 2 * d
+        emb = self.vocab_size * d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        total = L * per_layer + d + (emb + head if include_embeddings else 0)
+        if self.mode == "encoder":
+            total += d * d + d + d + self.vocab_size  # MLM head transform + its norm + output bias
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L d T."""
+        n = self.n_params(include_embeddings=False) + (0 if self.tie_embeddings else self.vocab_size * self.dim)
+        return 6.0 * n + 12.0 * self.n_layers * self.dim * seq_len
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name not in cls.PRESETS:
+            raise ConfigError("preset", f"unknown model preset {name!r}",
+                              f"choose one of: {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+
+def _divisors_hint(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
