@@ -197,3 +197,78 @@ class ModelConfig(BaseConfig):
 
 def _divisors_hint(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and data
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OptimConfig(BaseConfig):
+    """AdamW with linear warmup then cosine decay to ``lr * min_lr_ratio``.
+
+    Weight decay applies only to matrices that are not embeddings (see ``training.core.optim``).
+    ``grad_clip`` is the max global gradient norm (0 disables clipping).
+    """
+
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr",
+                 f"must be a positive number, got {self.lr!r}", "typical values are 1e-4 to 1e-3")
+        _require(isinstance(self.min_lr_ratio, (int, float)) and 0.0 <= self.min_lr_ratio <= 1.0,
+                 "min_lr_ratio", f"must be between 0 and 1, got {self.min_lr_ratio!r}",
+                 "0.1 decays to a tenth of lr; 1.0 keeps lr constant after warmup")
+        _require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps",
+                 f"must be a non-negative integer, got {self.warmup_steps!r}")
+        _require(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay",
+                 f"must be >= 0, got {self.weight_decay!r}", "0.1 is the usual value for pretraining")
+        _require(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                 and all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas),
+                 "betas", f"must be two numbers in [0, 1), got {self.betas!r}", "e.g. [0.9, 0.95]")
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        _require(isinstance(self.eps, (int, float)) and self.eps > 0, "eps", f"must be positive, got {self.eps!r}")
+        _require(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0, "grad_clip",
+                 f"must be >= 0, got {self.grad_clip!r}", "use 0 to disable clipping, 1.0 is usual")
+
+    @property
+    def min_lr(self) -> float:
+        return self.lr * self.min_lr_ratio
+
+
+@dataclass(frozen=True)
+class DataConfig(BaseConfig):
+    """Where the token shards are and how batches are cut from them.
+
+    One optimizer step sees ``micro_batch_size * grad_accum_steps * world_size`` sequences of
+    ``seq_len`` tokens. ``val_batches`` micro-batches form the (fixed) validation set.
+    """
+
+    dataset_dir: str = ""
+    seq_len: int = 256
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    seed: int = 0
+    val_batches: int = 8
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.dataset_dir, str), "dataset_dir",
+                 f"must be a folder path, got {self.dataset_dir!r}",
+                 "the folder written by `python -m training.core.cli prepare`")
+        _require(isinstance(self.seq_len, int) and self.seq_len > 0, "seq_len",
+                 f"must be a positive integer, got {self.seq_len!r}", "at most the model's max_seq_len")
+        _require(isinstance(self.micro_batch_size, int) and self.micro_batch_size > 0, "micro_batch_size",
+                 f"must be a positive integer, got {self.micro_batch_size!r}",
+                 "lower it if you run out of memory, and raise grad_accum_steps instead")
+        _require(isinstance(self.grad_accum_steps, int) and self.grad_accum_steps > 0, "grad_accum_steps",
+                 f"must be a positive integer, got {self.grad_accum_steps!r}")
+        _require(isinstance(self.seed, int) and self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed!r}")
+        _require(isinstance(self.val_batches, int) and self.val_batches >= 0, "val_batches",
+                 f"must be a non-negative integer, got {self.val_batches!r}", "0 disables validation")
