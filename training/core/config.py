@@ -272,3 +272,86 @@ class DataConfig(BaseConfig):
         _require(isinstance(self.seed, int) and self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed!r}")
         _require(isinstance(self.val_batches, int) and self.val_batches >= 0, "val_batches",
                  f"must be a non-negative integer, got {self.val_batches!r}", "0 disables validation")
+
+
+# --------------------------------------------------------------------------------------------
+# Pretraining run
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PretrainConfig(BaseConfig):
+    """One pretraining run: model shape, data, optimizer and the loop's own settings.
+
+    ``objective="clm"`` trains next-token prediction (``model.mode="decoder"``);
+    ``objective="mlm"`` trains masked-LM with the 80/10/10 rule at ``mlm_rate``
+    (``model.mode="encoder"``). ``steps`` counts optimizer steps. ``eval_every`` /
+    ``ckpt_every`` of 0 disable periodic validation / checkpoints (a final checkpoint is always
+    written). ``dtype="auto"`` is bf16 autocast on CUDA devices that support it and fp32
+    elsewhere. ``resume_from`` is a checkpoint folder, a run folder (its ``latest`` checkpoint
+    is used) or ``"auto"`` (resume from ``out_dir`` when it holds a checkpoint, else start).
+    ``peak_tflops`` is the accelerator's dense bf16 peak used for MFU (0: detect for known
+    GPUs, report 0 elsewhere).
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.preset("tiny"))
+    data: DataConfig = field(default_factory=lambda: DataConfig())  # type: ignore[name-defined]
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig())  # type: ignore[name-defined]
+    objective: Literal["clm", "mlm"] = "clm"
+    mlm_rate: float = 0.15
+    steps: int = 1000
+    eval_every: int = 100
+    ckpt_every: int = 500
+    log_every: int = 1
+    keep_last: int = 0
+    out_dir: str = "var/runs/pretrain"
+    seed: int = 0
+    dtype: Literal["fp32", "bf16", "auto"] = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp_mixed_precision: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tokenizer_dir: str = ""
+    resume_from: str = ""
+    peak_tflops: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.model, ModelConfig), "model", "must be a model config (a mapping of its settings)")
+        _require(self.objective in ("clm", "mlm"), "objective",
+                 f"must be 'clm' or 'mlm', got {self.objective!r}",
+                 "clm = next-token prediction (decoder), mlm = masked-LM (encoder)")
+        if self.objective == "clm":
+            _require(self.model.mode == "decoder", "model.mode",
+                     "next-token pretraining (objective='clm') needs a causal model",
+                     "set model.mode='decoder', or objective='mlm' for an encoder")
+        else:
+            _require(self.model.mode == "encoder", "model.mode",
+                     "masked-LM pretraining (objective='mlm') needs a bidirectional model",
+                     "set model.mode='encoder', or objective='clm' for a decoder")
+        _require(isinstance(self.mlm_rate, (int, float)) and 0.0 < self.mlm_rate < 1.0, "mlm_rate",
+                 f"must be in (0, 1), got {self.mlm_rate!r}", "BERT uses 0.15")
+        _require(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
+                 f"seq_len={self.data.seq_len} is longer than model.max_seq_len={self.model.max_seq_len}",
+                 "lower data.seq_len or raise model.max_seq_len")
+        _require(isinstance(self.steps, int) and self.steps > 0, "steps",
+                 f"must be a positive integer, got {self.steps!r}")
+        for name in ("eval_every", "ckpt_every", "keep_last"):
+            v = getattr(self, name)
+            _require(isinstance(v, int) and v >= 0, name, f"must be a non-negative integer, got {v!r}",
+                     "0 disables it")
+        _require(isinstance(self.log_every, int) and self.log_every > 0, "log_every",
+                 f"must be a positive integer, got {self.log_every!r}")
+        _require(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir",
+                 "must name a folder", "checkpoints and the run's config are written there")
+        _require(isinstance(self.seed, int) and self.seed >= 0, "seed",
+                 f"must be a non-negative integer, got {self.seed!r}")
+        _require(self.dtype in ("fp32", "bf16", "auto"), "dtype",
+                 f"must be 'fp32', 'bf16' or 'auto', got {self.dtype!r}")
+        _require(self.device in ("auto", "cpu", "cuda"), "device",
+                 f"must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        _require(isinstance(self.peak_tflops, (int, float)) and self.peak_tflops >= 0, "peak_tflops",
+                 f"must be >= 0, got {self.peak_tflops!r}", "e.g. 989 for an H100 SXM (dense bf16)")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step sees on ONE rank (multiply by the world size for the global figure)."""
+        return self.data.seq_len * self.data.micro_batch_size * self.data.grad_accum_steps
