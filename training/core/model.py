@@ -1,0 +1,361 @@
+"""A Llama-family transformer in one readable file (nanoGPT / gpt-fast style).
+
+Decoder mode (``cfg.mode == "decoder"``): causal self-attention and a next-token head, the same
+maths as Hugging Face ``LlamaForCausalLM`` (RMSNorm, rotary embeddings in the "rotate half"
+layout, grouped-query attention, SwiGLU MLP), so weights move between the two without any
+permutation (see :mod:`training.core.interop.hf`).
+
+Encoder mode (``cfg.mode == "encoder"``): the same blocks with bidirectional attention that
+respects a padding mask, and a masked-LM head (dense -> GELU -> RMSNorm -> vocabulary, with an
+output bias).
+
+Generation uses a static, preallocated :class:`KVCache`: ``forward(tokens, kv_cache=cache,
+start_pos=p)`` writes the keys/values of ``tokens`` at positions ``p .. p+T-1`` and attends to
+everything written before. Left-padded batches pass ``attention_mask`` on the prefill; the cache
+remembers which slots are padding and gives every row its own rotary positions, so a padded row
+computes what it would compute alone.
+
+The model has no I/O. Distributed wrappers (FSDP, activation checkpointing, compile) are applied
+from outside (``training.core.distributed``). It can be built on the meta device::
+
+    >>> from training.core.config import ModelConfig
+    >>> cfg = ModelConfig.preset("tiny")
+    >>> with torch.device("meta"):
+    ...     model = Transformer(cfg)
+    >>> model = model.to_empty(device="cpu"); model.init_weights(seed=0)
+    >>> model(torch.zeros(1, 5, dtype=torch.long)).shape
+    torch.Size([1, 5, 1024])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.core.config import ModelConfig
+
+__all__ = ["Transformer", "TransformerBlock", "Attention", "FeedForward", "RMSNorm", "MLMHead", "KVCache",
+           "rope_tables", "apply_rope"]
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions: rotary embeddings
+# --------------------------------------------------------------------------------------------
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | str | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """Cosine and sine tables of rotary embeddings, each ``(max_seq_len, head_dim // 2)`` in fp32.
+
+    Same numbers as Hugging Face Llama: ``inv_freq = 1 / theta ** (2i / head_dim)`` and angle
+    ``pos * inv_freq``.
+
+    >>> cos, sin = rope_tables(4, 3, 10000.0)
+    >>> cos.shape, float(cos[0, 0]), round(float(sin[1, 0]), 4)
+    (torch.Size([3, 2]), 1.0, 0.8415)
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    pos = torch.arange(max_seq_len, dtype=torch.int64, device=device).float()
+    angles = torch.outer(pos, inv_freq)  # (S, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` (B, T, H, D) by the angles in ``cos``/``sin`` (T, 1, D/2) or (B, T, 1, D/2).
+
+    "Rotate half" layout (the first half of the head pairs with the second half), i.e. exactly
+    ``x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)`` as in Hugging Face Llama.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache
+# --------------------------------------------------------------------------------------------
+
+class KVCache:
+    """Static, preallocated key/value cache for generation.
+
+    ``k[i]``/``v[i]`` hold layer ``i``'s keys and values, ``(B, n_kv_heads, max_len, head_dim)``.
+    ``valid`` (B, max_len) marks real tokens (None while no padding was ever given), and
+    ``next_pos`` (B,) is the rotary position the next real token of each row gets.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if max_len > cfg.max_seq_len:
+            raise ValueError(f"KV cache length {max_len} exceeds the model's max_seq_len={cfg.max_seq_len}; "
+                             "generate fewer tokens or use a shorter prompt")
+        shape = (batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.batch_size, self.max_len = batch_size, max_len
+        self.valid: Tensor | None = None
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # per-forward scratch, set by Transformer.forward before the layers run
+        self.positions: Tensor | None = None  # (B, T) rotary positions of the current tokens, or None
+        self.mask: Tensor | None = None  # (B, 1, T, end) bool, or None when plain causal suffices
+        self.is_causal = False
+
+    def reset(self) -> None:
+        """Forget everything (buffers are reused, not reallocated)."""
+        self.valid = None
+        self.next_pos.zero_()
+
+    def prepare(self, start_pos: int, T: int, attention_mask: Tensor | None) -> None:
+        """Record validity/positions of ``T`` new tokens at ``start_pos`` and build the attention mask."""
+        end = start_pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: writing up to position {end} but max_len={self.max_len}; "
+                             "allocate a larger cache")
+        device = self.next_pos.device
+        if attention_mask is not None and self.valid is None and not bool(attention_mask.all()):
+            self.valid = torch.zeros(self.batch_size, self.max_len, dtype=torch.bool, device=device)
+            self.valid[:, :start_pos] = True
+        if self.valid is None:  # no padding anywhere: shared positions, plain causal attention
+            self.positions = None
+            self.next_pos.fill_(end)
+            self.mask = None
+            self.is_causal = T > 1
+            if start_pos > 0 and T > 1:  # causal with an offset needs an explicit mask
+                q = torch.arange(start_pos, end, device=device)[:, None]
+                self.mask = (torch.arange(end, device=device)[None, :] <= q)[None, None]  # (1, 1, T, end)
+                self.is_causal = False
+            return
+        new = (attention_mask.to(torch.bool) if attention_mask is not None
+               else torch.ones(self.batch_size, T, dtype=torch.bool, device=device))  # (B, T)
+        self.valid[:, start_pos:end] = new
+        steps = new.long().cumsum(1)  # (B, T)
+        self.positions = (self.next_pos[:, None] + steps - 1).clamp_min(0)  # (B, T)
+        self.next_pos += steps[:, -1]
+        q = torch.arange(start_pos, end, device=device)[:, None]  # (T, 1)
+        k = torch.arange(end, device=device)[None, :]  # (1, end)
+        causal = k <= q  # (T, end)
+        self.mask = (self.valid[:, None, None, :end] & causal) | (k == q)  # (B, 1, T, end); self always visible
+        self.is_causal = False
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm, computed in fp32 like Llama: ``w * x / sqrt(mean(x^2) + eps)``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary embeddings through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, *, mask: Tensor | None, is_causal: bool,
+                kv_cache: KVCache | None = None, layer: int = 0, start_pos: int = 0) -> Tensor:
+        B, T, _ = x.shape
+        H, Hk, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = apply_rope(self.wq(x).view(B, T, H, D), cos, sin).transpose(1, 2)  # (B, H, T, D)
+        k = apply_rope(self.wk(x).view(B, T, Hk, D), cos, sin).transpose(1, 2)  # (B, Hk, T, D)
+        v = self.wv(x).view(B, T, Hk, D).transpose(1, 2)  # (B, Hk, T, D)
+        if kv_cache is not None:
+            end = start_pos + T
+            kv_cache.k[layer][:, :, start_pos:end] = k
+            kv_cache.v[layer][:, :, start_pos:end] = v
+            k = kv_cache.k[layer][:, :, :end]  # (B, Hk, end, D)
+            v = kv_cache.v[layer][:, :, :end]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                           enable_gqa=H != Hk)  # (B, H, T, D)
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)`` (w1 gate, w3 up, w2 down)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, *, mask: Tensor | None = None, is_causal: bool = True,
+                kv_cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask=mask, is_causal=is_causal,
+                               kv_cache=kv_cache, layer=self.layer_id, start_pos=start_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class MLMHead(nn.Module):
+    """Masked-LM transform before the vocabulary projection: dense -> GELU -> RMSNorm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.dim, cfg.dim, bias=True)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(F.gelu(self.dense(x)))
+
+
+class Transformer(nn.Module):
+    """Llama-family transformer; decoder (causal LM) or encoder (masked LM) by ``cfg.mode``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlm_head = MLMHead(cfg) if cfg.mode == "encoder" else None
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=cfg.mode == "encoder")
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.tok_embeddings.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (S, D/2)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        if self.tok_embeddings.weight.device.type != "meta":
+            self.init_weights()
+
+    # ---- initialisation -------------------------------------------------------------------
+
+    def reset_rope(self) -> None:
+        """Recompute the rotary tables in place (after ``to_empty`` or a device move)."""
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta,
+                               device=self.rope_cos.device)
+        with torch.no_grad():
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Deterministic initialisation: normal(0, init_std) for embeddings and projections, the
+        residual output projections (``wo``, ``w2``) scaled by ``1/sqrt(2 * n_layers)``, ones for
+        norms and zeros for biases. ``seed=None`` uses the global RNG (what FSDP/DTensor expect)."""
+        self.reset_rope()
+        gens: dict[torch.device, torch.Generator] = {}
+
+        def normal_(t: Tensor, std: float) -> None:
+            if seed is None:
+                nn.init.normal_(t, 0.0, std)
+                return
+            if t.device not in gens:
+                gens[t.device] = torch.Generator(device=t.device).manual_seed(seed)
+            nn.init.normal_(t, 0.0, std, generator=gens[t.device])
+
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        normal_(self.tok_embeddings.weight, std)
+        for layer in self.layers:
+            a, f = layer.attention, layer.feed_forward
+            for lin in (a.wq, a.wk, a.wv, f.w1, f.w3):
+                normal_(lin.weight, std)
+            normal_(a.wo.weight, out_std)
+            normal_(f.w2.weight, out_std)
+            layer.attention_norm.reset_parameters()
+            layer.ffn_norm.reset_parameters()
+        self.norm.reset_parameters()
+        if self.mlm_head is not None:
+            normal_(self.mlm_head.dense.weight, std)
+            nn.init.zeros_(self.mlm_head.dense.bias)
+            self.mlm_head.norm.reset_parameters()
+        if not self.cfg.tie_embeddings:
+            normal_(self.output.weight, std)
+        if self.output.bias is not None:
+            nn.init.zeros_(self.output.bias)
+
+    def num_params(self) -> int:
+        """Number of distinct parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- forward --------------------------------------------------------------------------
+
+    def forward(self, tokens: Tensor, *, attention_mask: Tensor | None = None, kv_cache: KVCache | None = None,
+                start_pos: int = 0, return_hidden: bool = False) -> Tensor:
+        """Logits ``(B, T, V)`` for ``tokens`` ``(B, T)``, or the final-normed hidden states
+        ``(B, T, C)`` when ``return_hidden`` (for the encoder: before the MLM head).
+
+        ``attention_mask`` (B, T): 1 for real tokens, 0 for padding. Decoder: padded keys are hidden
+        and rotary positions count real tokens only (so left padding is harmless). Encoder: padded
+        keys are hidden from every query. ``kv_cache``/``start_pos``: incremental decoding.
+        """
+        B, T = tokens.shape
+        h = self.tok_embeddings(tokens)  # (B, T, C)
+        mask, is_causal = None, self.cfg.mode == "decoder"
+        if kv_cache is not None:
+            if self.cfg.mode != "decoder":
+                raise ValueError("the KV cache is for decoder models; encoder models attend bidirectionally")
+            kv_cache.prepare(start_pos, T, attention_mask)
+            mask, is_causal = kv_cache.mask, kv_cache.is_causal
+            if kv_cache.positions is None:
+                cos = self.rope_cos[start_pos:start_pos + T, None]  # (T, 1, D/2)
+                sin = self.rope_sin[start_pos:start_pos + T, None]
+            else:
+                cos = self.rope_cos[kv_cache.positions][:, :, None]  # (B, T, 1, D/2)
+                sin = self.rope_sin[kv_cache.positions][:, :, None]
+        else:
+            if start_pos + T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
+                                 "truncate the input or build the model with a larger max_seq_len")
+            cos = self.rope_cos[start_pos:start_pos + T, None]  # (T, 1, D/2)
+            sin = self.rope_sin[start_pos:start_pos + T, None]
+            if attention_mask is not None and not bool(attention_mask.all()):
+                mask, cos, sin = self._padding_mask(attention_mask.to(torch.bool), start_pos)
+                is_causal = False
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask=mask, is_causal=is_causal, kv_cache=kv_cache, start_pos=start_pos)
+        h = self.norm(h)  # (B, T, C)
+        if return_hidden:
+            return h
+        if self.mlm_head is not None:
+            h = self.mlm_head(h)
+        return self.output(h)  # (B, T, V)
+
+    def _padding_mask(self, valid: Tensor, start_pos: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Attention mask (B, 1, T, T) and rotary tables for a padded batch without a cache."""
+        T = valid.shape[1]
+        eye = torch.eye(T, dtype=torch.bool, device=valid.device)  # a query always sees itself: no empty rows
+        if self.cfg.mode == "encoder":
+            mask = valid[:, None, None, :] | eye  # (B, 1, T, T)
+            cos = self.rope_cos[start_pos:start_pos + T, None]
+            sin = self.rope_sin[start_pos:start_pos + T, None]
+            return mask, cos, sin
+        causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+        mask = (valid[:, None, None, :] & causal) | eye  # (B, 1, T, T)
+        pos = (valid.long().cumsum(1) - 1).clamp_min(0) + start_pos  # (B, T): real tokens count from 0
+        return mask, self.rope_cos[pos][:, :, None], self.rope_sin[pos][:, :, None]
