@@ -268,6 +268,7 @@ class Transformer(nn.Module):
         residual output projections (``wo``, ``w2``) scaled by ``1/sqrt(2 * n_layers)``, ones for
         norms and zeros for biases. ``seed=None`` uses the global RNG (what FSDP/DTensor expect)."""
         self.reset_rope()
+        self.tie_weights()
         gens: dict[torch.device, torch.Generator] = {}
 
         def normal_(t: Tensor, std: float) -> None:
@@ -298,6 +299,12 @@ class Transformer(nn.Module):
             normal_(self.output.weight, std)
         if self.output.bias is not None:
             nn.init.zeros_(self.output.bias)
+
+    def tie_weights(self) -> None:
+        """Make ``output.weight`` the embedding matrix again when ``cfg.tie_embeddings`` (``to_empty``
+        and some conversions replace parameters one by one and lose the tie)."""
+        if self.cfg.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
+            self.output.weight = self.tok_embeddings.weight
 
     def num_params(self) -> int:
         """Number of distinct parameters (a tied embedding counts once)."""

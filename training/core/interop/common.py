@@ -81,8 +81,7 @@ def model_from_state_dict(cfg: ModelConfig, state: dict[str, Tensor], *, dtype: 
             raise InteropError(f"{name}: checkpoint shape {tuple(state[name].shape)} != model shape "
                                f"{tuple(param.shape)}", "the config does not describe these weights")
     model.load_state_dict(state, strict=True, assign=True)
-    if cfg.tie_embeddings:
-        model.output.weight = model.tok_embeddings.weight
+    model.tie_weights()
     return model
 
 

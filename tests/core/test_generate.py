@@ -1,0 +1,165 @@
+"""Generation: KV cache against a no-cache reference, sampling options, streaming, chat."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.core.config import ModelConfig
+from training.core.model import Transformer
+from training.core.serve import (
+    GenerationError, apply_repetition_penalty, chat, generate, sample_next, top_k_filter, top_p_filter,
+)
+
+V = 97
+
+
+def make(seed: int = 0, **overrides) -> Transformer:
+    # a large init_std gives peaked distributions, so greedy choices are far from ties
+    cfg = ModelConfig(**{**dict(vocab_size=V, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
+                                init_std=0.3), **overrides})
+    model = Transformer(cfg)
+    model.init_weights(seed=seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def reference_greedy(model: Transformer, prompt: list[int], n: int, stop_ids=(), penalty: float = 1.0) -> list[int]:
+    """Slow oracle: full forward over the whole sequence for every new token, no cache."""
+    seq, out = list(prompt), []
+    for _ in range(n):
+        logits = model(torch.tensor([seq]))[0, -1]
+        if penalty != 1.0:
+            seen = torch.zeros(V, dtype=torch.bool)
+            seen[torch.tensor(seq)] = True
+            logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+        nxt = int(logits.argmax())
+        if nxt in stop_ids:
+            break
+        seq.append(nxt)
+        out.append(nxt)
+    return out
+
+
+PROMPTS = [[5, 17, 33, 2, 8, 40, 41], [9], [60, 61, 62, 3]]
+
+
+def test_kv_cache_greedy_equals_no_cache_greedy_single_prompt():
+    model = make()
+    assert generate(model, [PROMPTS[0]], max_new_tokens=20) == [reference_greedy(model, PROMPTS[0], 20)]
+
+
+def test_batch_of_different_lengths_equals_each_prompt_alone():
+    model = make(1)
+    batch = generate(model, PROMPTS, max_new_tokens=15)
+    for prompt, out in zip(PROMPTS, batch):
+        assert out == reference_greedy(model, prompt, 15)
+        assert out == generate(model, [prompt], max_new_tokens=15)[0]
+
+
+def test_top_k_1_sampling_equals_greedy():
+    model = make(2)
+    greedy = generate(model, PROMPTS, max_new_tokens=12)
+    assert generate(model, PROMPTS, max_new_tokens=12, temperature=1.3, top_k=1, seed=5) == greedy
+
+
+def test_stop_tokens_stop_each_row():
+    model = make(3)
+    free = generate(model, PROMPTS, max_new_tokens=12)
+    stop = free[0][4]  # the fifth token of row 0 becomes a stop token
+    stopped = generate(model, PROMPTS, max_new_tokens=12, stop_ids=[stop])
+    for prompt, out, full in zip(PROMPTS, stopped, free):
+        expected = full[:full.index(stop)] if stop in full else full
+        assert out == expected == reference_greedy(model, prompt, 12, stop_ids=[stop])
+    assert len(stopped[0]) <= 4
+
+
+def test_repetition_penalty_is_the_ctrl_rule():
+    logits = torch.tensor([[3.0, -2.0, 1.0, 0.5]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert torch.equal(out, torch.tensor([[1.5, -4.0, 1.0, 0.5]]))
+    assert torch.equal(apply_repetition_penalty(logits, seen, 1.0), logits)
+
+
+def test_repetition_penalty_in_generation_matches_reference():
+    model = make(4)
+    out = generate(model, [PROMPTS[2]], max_new_tokens=15, repetition_penalty=1.8)[0]
+    assert out == reference_greedy(model, PROMPTS[2], 15, penalty=1.8)
+    assert out != generate(model, [PROMPTS[2]], max_new_tokens=15)[0]
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(top_p_filter(probs.log(), 0.75))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(top_p_filter(probs.log(), 0.8))  # 0.5 + 0.3 reaches 0.8 exactly
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(top_p_filter(probs.log(), 0.1))  # always at least one token
+    assert kept.tolist() == [[True, False, False, False]]
+    assert torch.isfinite(top_k_filter(probs.log(), 3)).sum() == 3
+
+
+def test_sampling_follows_the_filtered_distribution():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next(logits, temperature=1.0, top_p=0.75, generator=g)
+    freq = torch.bincount(draws, minlength=4).float() / 4000
+    assert freq[2] == 0 and freq[3] == 0
+    assert abs(freq[0].item() - 0.5 / 0.8) < 0.03  # renormalised over the nucleus
+
+
+def test_seeded_sampling_is_reproducible():
+    model = make(5)
+    a = generate(model, PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
+    b = generate(model, PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
+    c = generate(model, PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=124)
+    assert a == b
+    assert a != c
+
+
+def test_streaming_callback_sees_every_token_in_order():
+    model = make(6)
+    seen: list[tuple[int, int]] = []
+    out = generate(model, PROMPTS, max_new_tokens=9, on_token=lambda row, tok: seen.append((row, tok)))
+    for row in range(len(PROMPTS)):
+        assert [t for r, t in seen if r == row] == out[row]
+    assert len(seen) == sum(len(o) for o in out)
+
+
+def test_greedy_equals_transformers_generate(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from training.core.interop.hf import export_hf
+
+    model = make(7)
+    export_hf(model, None, tmp_path / "hf")
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    prompt = PROMPTS[0]
+    with torch.no_grad():
+        theirs = ref.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                              pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
+    assert generate(model, [prompt], max_new_tokens=16) == [theirs]
+
+
+def test_bad_requests_are_clear_errors():
+    model = make()
+    with pytest.raises(GenerationError, match="max_seq_len"):
+        generate(model, [[1] * 120], max_new_tokens=20)
+    with pytest.raises(GenerationError, match="at least one token"):
+        generate(model, [[]], max_new_tokens=2)
+    with pytest.raises(GenerationError, match="decoder"):
+        generate(make(mode="encoder"), [[1]], max_new_tokens=2)
+
+
+def test_chat_uses_the_chat_template_and_stops_at_end_of_turn(austen_sample):
+    from training.core.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(austen_sample, vocab_size=400)
+    model = make(8, vocab_size=tok.vocab_size)
+    messages = [{"role": "user", "content": "Who is Mr. Darcy?"}]
+    prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+    expected = reference_greedy(model, prompt_ids, 12, stop_ids=tok.stop_ids)
+    pieces: list[str] = []
+    reply = chat(model, tok, messages, max_new_tokens=12, on_text=pieces.append)
+    assert reply == tok.decode(expected, skip_special_tokens=True).strip()
+    assert "".join(pieces).strip() == reply

@@ -1,0 +1,215 @@
+"""The transformer: parity with Hugging Face Llama, causality, encoder masking, gradients, meta init, KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.core.config import ModelConfig
+from training.core.model import KVCache, Transformer, apply_rope, rope_tables
+
+ATOL = 1e-4  # fp32 logits
+
+
+def tiny(**overrides) -> ModelConfig:
+    base = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, rope_theta=1000.0,
+                init_std=0.1)
+    return ModelConfig(**{**base, **overrides})
+
+
+def make(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(cfg)
+    model.init_weights(seed=seed)
+    with torch.no_grad():  # non-trivial norm weights so that a swapped norm would show
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("n_kv_heads", [2, None], ids=["gqa", "mha"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_logits_match_transformers_llama(tmp_path, n_kv_heads, tie):
+    transformers = pytest.importorskip("transformers")
+    from training.core.interop.hf import export_hf
+
+    model = make(tiny(n_kv_heads=n_kv_heads, tie_embeddings=tie))
+    export_hf(model, None, tmp_path / "hf")
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    assert ref.config.tie_word_embeddings == tie
+    tokens = torch.randint(0, 211, (3, 23), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(tokens), ref(tokens).logits
+    assert ours.shape == theirs.shape == (3, 23, 211)
+    assert (ours - theirs).abs().max().item() <= ATOL
+
+
+def test_padded_batch_matches_transformers_with_positions(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from training.core.interop.hf import export_hf
+
+    model = make(tiny())
+    export_hf(model, None, tmp_path / "hf")
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    tokens = torch.randint(0, 211, (2, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    with torch.no_grad():
+        ours = model(tokens, attention_mask=mask)
+        theirs = ref(tokens, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_min(0)).logits
+    real = mask.bool()
+    assert (ours[real] - theirs[real]).abs().max().item() <= ATOL
+
+
+def test_left_padded_row_equals_unpadded_row():
+    model = make(tiny())
+    seq = torch.randint(0, 211, (1, 9), generator=torch.Generator().manual_seed(3))
+    padded = torch.cat([torch.full((1, 5), 7), seq], dim=1)
+    mask = torch.cat([torch.zeros(1, 5), torch.ones(1, 9)], dim=1)
+    with torch.no_grad():
+        alone = model(seq)
+        in_batch = model(padded, attention_mask=mask)
+    assert (in_batch[:, 5:] - alone).abs().max().item() <= ATOL
+    assert torch.isfinite(in_batch).all()
+
+
+def test_rope_matches_rotate_half_formula():
+    cos, sin = rope_tables(8, 10, 10000.0)
+    x = torch.randn(2, 10, 3, 8)
+    cos_full, sin_full = torch.cat([cos, cos], -1)[:, None], torch.cat([sin, sin], -1)[:, None]
+    rotate_half = torch.cat([-x[..., 4:], x[..., :4]], -1)
+    expected = x * cos_full + rotate_half * sin_full
+    assert torch.allclose(apply_rope(x, cos[:, None], sin[:, None]), expected, atol=1e-6)
+    # position 0 is the identity, and the rotation keeps norms
+    assert torch.allclose(apply_rope(x, cos[:, None], sin[:, None])[:, 0], x[:, 0])
+    assert torch.allclose(apply_rope(x, cos[:, None], sin[:, None]).norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+
+
+def test_decoder_is_causal():
+    model = make(tiny())
+    tokens = torch.randint(0, 211, (2, 16), generator=torch.Generator().manual_seed(4))
+    changed = tokens.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 211
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    assert torch.equal(a[:, :10], b[:, :10]) or (a[:, :10] - b[:, :10]).abs().max() <= 1e-6
+    assert (a[:, 10:] - b[:, 10:]).abs().max() > 1e-3  # the change is visible from position 10 on
+
+
+def test_encoder_is_bidirectional_and_respects_padding():
+    model = make(tiny(mode="encoder"))
+    tokens = torch.randint(0, 211, (2, 12), generator=torch.Generator().manual_seed(5))
+    changed = tokens.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 211
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    assert (a[:, 0] - b[:, 0]).abs().max() > 1e-3  # a later token changes the first output
+    # right padding: what sits in padded positions must not change any real position's output
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[:, 8:] = 0
+    with torch.no_grad():
+        c = model(tokens, attention_mask=mask)
+        d = model(changed, attention_mask=mask)
+        alone = model(tokens[:, :8])
+    assert (c[:, :8] - d[:, :8]).abs().max().item() <= 1e-6
+    assert (c[:, :8] - alone).abs().max().item() <= ATOL
+    assert torch.isfinite(c).all()
+
+
+@pytest.mark.parametrize("mode", ["decoder", "encoder"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_every_parameter_gets_a_gradient(mode, tie):
+    model = make(tiny(mode=mode, tie_embeddings=tie)).train()
+    tokens = torch.randint(0, 211, (2, 10), generator=torch.Generator().manual_seed(6))
+    logits = model(tokens)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("mode", ["decoder", "encoder"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_parameter_count_matches_config(mode, tie):
+    cfg = tiny(mode=mode, tie_embeddings=tie)
+    assert Transformer(cfg).num_params() == cfg.n_params()
+
+
+def test_meta_device_init_equals_eager_init():
+    cfg = tiny(tie_embeddings=True)
+    eager = Transformer(cfg)
+    eager.init_weights(seed=11)
+    with torch.device("meta"):
+        lazy = Transformer(cfg)
+    assert all(p.is_meta for p in lazy.parameters())
+    lazy = lazy.to_empty(device="cpu")
+    lazy.init_weights(seed=11)
+    assert lazy.output.weight is lazy.tok_embeddings.weight
+    for (n1, a), (n2, b) in zip(eager.state_dict().items(), lazy.state_dict().items()):
+        assert n1 == n2 and torch.equal(a, b), n1
+    assert torch.equal(eager.rope_cos, lazy.rope_cos) and torch.equal(eager.rope_sin, lazy.rope_sin)
+    assert "rope_cos" not in eager.state_dict()  # rebuilt, never checkpointed
+    tokens = torch.randint(0, 211, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(eager(tokens), lazy(tokens))
+
+
+def test_init_is_deterministic_and_scales_residual_projections():
+    cfg = tiny(n_layers=8, init_std=0.02)
+    a, b = Transformer(cfg), Transformer(cfg)
+    a.init_weights(seed=3)
+    b.init_weights(seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    wq_std = a.layers[0].attention.wq.weight.std().item()
+    wo_std = a.layers[0].attention.wo.weight.std().item()
+    assert abs(wq_std - 0.02) < 0.003
+    assert abs(wo_std - 0.02 / 4.0) < 0.001  # 1 / sqrt(2 * 8 layers)
+
+
+def test_kv_cache_prefill_and_chunks_equal_full_forward():
+    cfg = tiny()
+    model = make(cfg)
+    tokens = torch.randint(0, 211, (2, 20), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = KVCache(cfg, 2, 32)
+        parts = [model(tokens[:, :8], kv_cache=cache, start_pos=0),  # prefill
+                 model(tokens[:, 8:13], kv_cache=cache, start_pos=8),  # a chunk with an offset (explicit mask)
+                 *[model(tokens[:, i:i + 1], kv_cache=cache, start_pos=i) for i in range(13, 20)]]  # decode
+    assert (torch.cat(parts, dim=1) - full).abs().max().item() <= ATOL
+
+
+def test_kv_cache_with_left_padding_equals_each_row_alone():
+    cfg = tiny()
+    model = make(cfg)
+    rows = [torch.randint(0, 211, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 9)]
+    continuation = torch.randint(0, 211, (2, 4), generator=torch.Generator().manual_seed(8))
+    tokens = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        tokens[i, 9 - len(r):] = r
+        mask[i, 9 - len(r):] = True
+    with torch.no_grad():
+        cache = KVCache(cfg, 2, 16)
+        model(tokens, attention_mask=mask, kv_cache=cache, start_pos=0)
+        steps = [model(continuation[:, j:j + 1], kv_cache=cache, start_pos=9 + j) for j in range(4)]
+        got = torch.cat(steps, dim=1)  # (2, 4, V)
+        for i, r in enumerate(rows):
+            alone = model(torch.cat([r, continuation[i]])[None])[0, -4:]
+            assert (got[i] - alone).abs().max().item() <= ATOL
+
+
+def test_sequence_longer_than_max_seq_len_is_a_clear_error():
+    model = make(tiny(max_seq_len=8))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_return_hidden_gives_normed_states():
+    model = make(tiny())
+    tokens = torch.randint(0, 211, (1, 5))
+    with torch.no_grad():
+        h = model(tokens, return_hidden=True)
+        assert h.shape == (1, 5, 64)
+        assert torch.allclose(model.output(h), model(tokens), atol=1e-6)

@@ -1,0 +1,169 @@
+"""Batched generation with a static KV cache, streaming and chat.
+
+One prefill over the (left-padded) prompts, then one single-token forward per step. Only the last
+position's logits are ever computed, the cache is preallocated once, and the loop synchronises
+with Python once per step (to stream tokens and check stop tokens).
+
+>>> from training.core.config import ModelConfig
+>>> from training.core.model import Transformer
+>>> model = Transformer(ModelConfig.preset("tiny"))
+>>> out = generate(model, [[1, 2, 3], [4]], max_new_tokens=5)
+>>> [len(o) for o in out]
+[5, 5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from training.core.model import KVCache, Transformer
+from training.core.serve.sampling import apply_repetition_penalty, sample_next
+
+if TYPE_CHECKING:
+    from training.core.tokenizer import StudioTokenizer
+
+__all__ = ["generate", "chat", "GenerationError"]
+
+TokenCallback = Callable[[int, int], Any]  # (row, token_id)
+
+
+class GenerationError(ValueError):
+    """Generation cannot run as asked; ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message + (f" (hint: {hint})" if hint else ""))
+
+
+@torch.inference_mode()
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    stop_ids: Iterable[int] = (),
+    on_token: TokenCallback | None = None,
+    seed: int | None = None,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """Continue each prompt (a list of token ids) and return the new tokens of each.
+
+    ``temperature=0`` is greedy decoding; otherwise tokens are sampled from the softmax at that
+    temperature, restricted to the ``top_k`` most likely and to the ``top_p`` nucleus.
+    ``repetition_penalty`` (> 1 discourages) applies to every token of the prompt and of the
+    output so far. A row stops at the first token in ``stop_ids`` (which is not returned) or
+    after ``max_new_tokens``. ``on_token(row, token_id)`` is called for every returned token, in
+    order, as soon as it is chosen. ``seed`` makes sampling reproducible.
+
+    Prompts of different lengths are left-padded (``pad_id``; masked, so its value is irrelevant)
+    and every row gets its own rotary positions, so a row generates what it would alone.
+    """
+    if model.cfg.mode != "decoder":
+        raise GenerationError("generation needs a decoder model", "this model was built with mode='encoder'")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise GenerationError("every prompt needs at least one token", "start prompts with the bos token")
+    if max_new_tokens < 0:
+        raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0 or (top_p is not None and not 0.0 < top_p <= 1.0) or repetition_penalty <= 0:
+        raise GenerationError("invalid sampling settings",
+                              "use temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0")
+    B = len(prompts)
+    lengths = [len(p) for p in prompts]
+    longest = max(lengths)
+    total = longest + max_new_tokens
+    if total > model.cfg.max_seq_len:
+        raise GenerationError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                              f"model's max_seq_len={model.cfg.max_seq_len}",
+                              "shorten the prompt or ask for fewer new tokens")
+    outputs: list[list[int]] = [[] for _ in range(B)]
+    if max_new_tokens == 0:
+        return outputs
+
+    param = next(model.parameters())
+    device = param.device
+    tokens = torch.full((B, longest), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, longest, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, longest - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, longest - len(p):] = True
+    tokens, mask = tokens.to(device), mask.to(device)
+    cache = KVCache(model.cfg, B, total, device=device, dtype=param.dtype)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)
+        seen.scatter_(1, tokens, mask)
+    stops = {int(s) for s in stop_ids}
+    stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device) if stops else None
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done_list = [False] * B
+
+    hidden = model(tokens, attention_mask=None if bool(mask.all()) else mask, kv_cache=cache, start_pos=0,
+                   return_hidden=True)  # (B, T, C)
+    pos = longest
+    for step in range(max_new_tokens):
+        logits = model.output(hidden[:, -1]).float()  # (B, V): last position only
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B,)
+        if stop_tensor is not None:
+            done = done | torch.isin(nxt, stop_tensor)
+        nxt = nxt.masked_fill(done, pad_id) if stop_tensor is not None else nxt
+        chosen = nxt.tolist()
+        finished = done.tolist() if stop_tensor is not None else done_list
+        for i in range(B):
+            if done_list[i]:
+                continue
+            if finished[i]:
+                done_list[i] = True
+                continue
+            outputs[i].append(chosen[i])
+            if on_token is not None:
+                on_token(i, chosen[i])
+        if all(done_list) or step == max_new_tokens - 1:
+            break
+        if seen is not None:
+            seen.scatter_(1, nxt[:, None], ~done[:, None])
+        hidden = model(nxt[:, None], kv_cache=cache, start_pos=pos, return_hidden=True)  # (B, 1, C)
+        pos += 1
+    return outputs
+
+
+def chat(model: Transformer, tokenizer: "StudioTokenizer", messages: list[dict[str, Any]], *,
+         max_new_tokens: int = 128, stop_ids: Iterable[int] | None = None, on_text: Callable[[str], Any] | None = None,
+         **sampling: Any) -> str:
+    """Answer a conversation: render ``messages`` with the tokenizer's chat template (generation
+    prompt added), generate until an end-of-turn token, and return the decoded reply.
+
+    ``stop_ids`` defaults to the tokenizer's ``stop_ids`` (eos and end-of-turn tokens).
+    ``on_text(piece)`` streams the reply as text. Other keywords go to :func:`generate`.
+    """
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    ids = tokenizer.encode(prompt)
+    stops = list(tokenizer.stop_ids if stop_ids is None else stop_ids)
+    callback = None
+    if on_text is not None:
+        produced: list[int] = []
+        emitted = [""]
+
+        def callback(row: int, token: int) -> None:  # decode the whole reply so multi-byte characters stay whole
+            produced.append(token)
+            text = tokenizer.decode(produced, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                return
+            on_text(text[len(emitted[0]):])
+            emitted[0] = text
+
+    out = generate(model, [ids], max_new_tokens=max_new_tokens, stop_ids=stops, on_token=callback,
+                   pad_id=tokenizer.pad_id, **sampling)[0]
+    return tokenizer.decode(out, skip_special_tokens=True).strip()
