@@ -1,0 +1,5 @@
+"""All websocket routes: each app contributes its own ``routing.websocket_urlpatterns``."""
+
+from studio.routing import websocket_urlpatterns as studio_ws
+
+websocket_urlpatterns = [*studio_ws]

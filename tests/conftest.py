@@ -1,0 +1,62 @@
+"""Shared fixtures for the Django tests: one user per role and API clients signed in as them."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def make_user(db, settings):  # noqa: ANN001, ANN201
+    # a fast hasher: these accounts only exist inside the test database
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    def make(username: str, *roles: str, password: str = "pass-for-tests-1"):  # noqa: ANN202
+        user = get_user_model().objects.create_user(username=username, password=password)
+        for role in roles:
+            user.groups.add(Group.objects.get_or_create(name=role)[0])
+        return user
+
+    return make
+
+
+@pytest.fixture
+def builder(make_user):  # noqa: ANN001, ANN201
+    return make_user("bea", "builder")
+
+
+@pytest.fixture
+def annotator(make_user):  # noqa: ANN001, ANN201
+    return make_user("ann", "annotator")
+
+
+@pytest.fixture
+def moderator(make_user):  # noqa: ANN001, ANN201
+    return make_user("mo", "moderator")
+
+
+@pytest.fixture
+def plain_user(make_user):  # noqa: ANN001, ANN201
+    return make_user("pat")
+
+
+@pytest.fixture
+def api():  # noqa: ANN201
+    """An APIClient; call ``api.force_authenticate(user)`` or use ``client_for``."""
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+@pytest.fixture
+def client_for():  # noqa: ANN201
+    from rest_framework.test import APIClient
+
+    def make(user):  # noqa: ANN001, ANN202
+        client = APIClient()
+        if user is not None:
+            client.force_login(user)
+        return client
+
+    return make
