@@ -34,3 +34,17 @@ class TokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Any) -> str:
         return self.keyword
+
+
+try:  # describe the scheme in the OpenAPI schema
+    from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+    class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
+        target_class = "studio.tokens.TokenAuthentication"
+        name = "TokenAuthentication"
+
+        def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+            return {"type": "apiKey", "in": "header", "name": "Authorization",
+                    "description": "Token-based authentication: `Token lls_…` (create one under Account)."}
+except ImportError:  # pragma: no cover
+    pass
