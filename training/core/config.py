@@ -289,8 +289,10 @@ class PretrainConfig(BaseConfig):
     written). ``dtype="auto"`` is bf16 autocast on CUDA devices that support it and fp32
     elsewhere. ``resume_from`` is a checkpoint folder, a run folder (its ``latest`` checkpoint
     is used) or ``"auto"`` (resume from ``out_dir`` when it holds a checkpoint, else start).
-    ``peak_tflops`` is the accelerator's dense bf16 peak used for MFU (0: detect for known
-    GPUs, report 0 elsewhere).
+    ``init_from`` starts a new run from the model weights of a checkpoint or an export folder
+    (no optimizer state, step 0), e.g. an imported model for continued pretraining.
+    ``peak_tflops`` is the accelerator's dense bf16 peak used for MFU (0: detect known GPUs;
+    elsewhere ``mfu(%)`` is not reported).
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig.preset("tiny"))
@@ -312,6 +314,7 @@ class PretrainConfig(BaseConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tokenizer_dir: str = ""
     resume_from: str = ""
+    init_from: str = ""
     peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
