@@ -29,3 +29,19 @@ def austen_texts(corpus_cache: Path) -> list[str]:
 def austen_sample(austen_texts: list[str]) -> list[str]:
     """A small slice (about 150 KB) for quick tests."""
     return austen_texts[:24]
+
+
+@pytest.fixture(scope="session")
+def austen_shards(austen_sample: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 512-token tokenizer trained on ``austen_sample`` and its token shards (10% validation).
+
+    Returns ``{"tokenizer": folder, "dataset": folder}`` (built once per session).
+    """
+    from training.core.data.shards import prepare_shards
+    from training.core.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("austen_shards")
+    tok = train_tokenizer(austen_sample, 512)
+    tok.save(root / "tokenizer")
+    prepare_shards(austen_sample, tok, root / "dataset", val_fraction=0.1)
+    return {"tokenizer": root / "tokenizer", "dataset": root / "dataset"}
