@@ -60,3 +60,14 @@ def client_for():  # noqa: ANN201
         return client
 
     return make
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory):  # noqa: ANN001, ANN201
+    """The real studio (as ``make run`` starts it) on a free port with its own SQLite and queue."""
+    from tests.live import StudioServer
+
+    server = StudioServer(tmp_path_factory.mktemp("studio")).start()
+    yield server
+    code = server.stop()
+    assert code == 0, f"the studio did not stop cleanly (exit {code}):\n{server.logs()[-4000:]}"
