@@ -1,0 +1,532 @@
+"""Exact and MinHash-LSH near deduplication, vectorised with numpy, plus the LSH S-curve maths.
+
+Near-dedup pipeline for a batch of documents (all numpy, no per-shingle Python work):
+
+1. words -> 64-bit word hashes (blake2b, cached per distinct word);
+2. word ``ngram``-shingles -> 64-bit shingle hashes: a polynomial over the word hashes of each
+   window, computed for all windows of all documents at once, then the splitmix64 finalizer;
+3. ``num_perm`` hash functions ``h_k(x) = (a_k * x + b_k mod 2^64) >> 32`` (multiply-shift, a
+   universal family that needs no 128-bit modulo) over all shingles at once, in chunks of
+   bounded size, and a segmented minimum per document -> signatures ``(N, num_perm)`` uint32;
+4. LSH: the signature is cut in ``bands`` bands of ``rows`` values, each band hashed to a 64-bit
+   key; documents sharing a key in any band are candidates, verified by their estimated
+   Jaccard similarity (the fraction of equal signature values) against ``threshold``.
+
+The streaming index (:class:`LSHIndex`) keeps, per kept document, its band keys in sorted runs
+(searched with ``np.searchsorted``, merged like an LSM tree) and its signature in an array that
+lives in memory or, with ``workdir``, in a file on disk: about ``12 * bands + 4 * num_perm`` bytes
+per kept document, whatever the text length.
+
+>>> round(lsh_probability(0.8, bands=14, rows=8), 3)   # datatrove's note: 0.924
+0.924
+>>> optimal_params(0.8, 128)
+(9, 13)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.core.curate.base import DROP, Decision, Doc, Step, StepConfig, StepResult, require, require_fraction
+from training.core.curate.text import ngram_tokens, normalize_for_hash
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_WORD_CACHE: dict[str, int] = {}
+_WORD_CACHE_MAX = 2_000_000
+_CHUNK_ELEMENTS = 1 << 22  # shingles x num_perm per chunk: 4M uint64 = 32 MB
+
+
+# ------------------------------------------------------------------------------------------
+# Exact dedup
+# ------------------------------------------------------------------------------------------
+
+def content_hash(text: str, normalize: bool = True) -> int:
+    """64-bit hash of a document's text (normalized: case, punctuation and spacing ignored)."""
+    key = normalize_for_hash(text) if normalize else text
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class ExactDedupConfig(StepConfig):
+    """Exact dedup. ``normalize``: compare texts after lower-casing and removing punctuation/spacing."""
+
+    normalize: bool = True
+
+
+class ExactDedup(Step):
+    """Drop documents whose (normalized) text was seen before; rule ``exact_duplicate``.
+
+    Keeps one 8-byte hash per distinct document (a Python dict of ints to the first id).
+    """
+
+    name = "exact_dedup"
+    config_class = ExactDedupConfig
+
+    def __init__(self, config: ExactDedupConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self._seen: dict[int, str] = {}
+
+    def reset(self) -> None:
+        self._seen = {}
+
+    def process(self, docs: list[Doc]) -> StepResult:
+        kept: list[Doc] = []
+        decisions: list[Decision] = []
+        for doc in docs:
+            h = content_hash(doc["text"], self.config.normalize)  # type: ignore[attr-defined]
+            first = self._seen.get(h)
+            if first is None:
+                self._seen[h] = str(doc["id"])
+                kept.append(doc)
+            else:
+                decisions.append(Decision(str(doc["id"]), self.name, "exact_duplicate", DROP,
+                                          value=1.0, threshold=None, detail={"duplicate_of": first}))
+        return StepResult(kept, decisions)
+
+
+# ------------------------------------------------------------------------------------------
+# LSH maths: S-curve, optimal bands x rows, false positive / negative rates
+# ------------------------------------------------------------------------------------------
+
+def lsh_probability(s: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
+    """Probability that two documents of Jaccard similarity ``s`` share at least one band:
+    ``1 - (1 - s**rows) ** bands`` (the S-curve)."""
+    p = 1.0 - (1.0 - np.asarray(s, dtype=np.float64) ** rows) ** bands
+    return float(p) if np.ndim(p) == 0 else p
+
+
+def lsh_threshold(bands: int, rows: int) -> float:
+    """The similarity where the S-curve is steepest, approximately ``(1/bands) ** (1/rows)``."""
+    return (1.0 / bands) ** (1.0 / rows)
+
+
+def false_positive_area(threshold: float, bands: int, rows: int, points: int = 201) -> float:
+    """Integral of the S-curve below ``threshold``: weight of pairs that are candidates but should not be."""
+    s = np.linspace(0.0, threshold, points)
+    return float(np.trapezoid(lsh_probability(s, bands, rows), s))
+
+
+def false_negative_area(threshold: float, bands: int, rows: int, points: int = 201) -> float:
+    """Integral of ``1 - S-curve`` above ``threshold``: weight of similar pairs that are missed."""
+    s = np.linspace(threshold, 1.0, points)
+    return float(np.trapezoid(1.0 - lsh_probability(s, bands, rows), s))
+
+
+def optimal_params(threshold: float, num_perm: int, fp_weight: float = 0.5,
+                   fn_weight: float = 0.5) -> tuple[int, int]:
+    """``(bands, rows)`` with ``bands * rows <= num_perm`` minimizing the weighted false positive and
+    false negative areas around ``threshold`` (the rule datasketch and text-dedup use)."""
+    require(0.0 < threshold < 1.0, "threshold", f"must be in (0, 1), got {threshold}")
+    require(num_perm >= 2, "num_perm", f"must be >= 2, got {num_perm}")
+    best, best_err = (1, 1), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            err = (fp_weight * false_positive_area(threshold, b, r, 51)
+                   + fn_weight * false_negative_area(threshold, b, r, 51))
+            if err < best_err - 1e-12:
+                best, best_err = (b, r), err
+    return best
+
+
+def s_curve(bands: int, rows: int, points: int = 101, threshold: float | None = None) -> dict[str, Any]:
+    """Data to plot the S-curve: similarities, probabilities, the knee and the error estimates."""
+    s = np.linspace(0.0, 1.0, points)
+    out: dict[str, Any] = {
+        "similarity": s.round(4).tolist(),
+        "probability": np.asarray(lsh_probability(s, bands, rows)).round(6).tolist(),
+        "bands": bands, "rows": rows, "num_perm": bands * rows,
+        "knee": round(lsh_threshold(bands, rows), 4),
+    }
+    if threshold is not None:
+        out["threshold"] = threshold
+        out["false_positive_area"] = round(false_positive_area(threshold, bands, rows), 6)
+        out["false_negative_area"] = round(false_negative_area(threshold, bands, rows), 6)
+        out["p_candidate_at_threshold"] = round(float(lsh_probability(threshold, bands, rows)), 6)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# MinHash signatures
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MinHashConfig(StepConfig):
+    """MinHash-LSH near-dedup.
+
+    ``ngram``: words per shingle; ``num_perm``: hash functions; ``bands`` x ``rows`` (at most
+    ``num_perm``; 0 and 0 choose them with :func:`optimal_params` for ``threshold``);
+    ``threshold``: estimated Jaccard similarity above which a candidate is a duplicate (used to
+    verify LSH candidates when ``verify``); ``seed``: fixes the hash functions; ``workdir``:
+    folder for on-disk signatures ("" keeps them in memory); ``max_candidates``: candidates
+    checked per band and document (bounds the work on huge buckets).
+    Defaults follow datatrove (5-grams, 14 bands x 8 rows = 112 hashes, knee about 0.72).
+    """
+
+    ngram: int = 5
+    num_perm: int = 112
+    bands: int = 14
+    rows: int = 8
+    threshold: float = 0.7
+    verify: bool = True
+    seed: int = 42
+    workdir: str = ""
+    max_candidates: int = 32
+
+    def __post_init__(self) -> None:
+        require(self.ngram >= 1, "ngram", f"must be >= 1, got {self.ngram}")
+        require(2 <= self.num_perm <= 1024, "num_perm", f"must be in [2, 1024], got {self.num_perm}")
+        require_fraction(self.threshold, "threshold")
+        require((self.bands == 0) == (self.rows == 0), "bands",
+                "set both bands and rows, or both to 0 to choose them from threshold")
+        require(self.bands * self.rows <= self.num_perm, "bands",
+                f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}",
+                f"e.g. bands={self.num_perm // max(self.rows, 1)} or raise num_perm")
+        require(self.bands >= 0 and self.rows >= 0, "rows", "must be >= 0")
+        require(self.max_candidates >= 1, "max_candidates", "must be >= 1")
+
+    def band_rows(self) -> tuple[int, int]:
+        """The (bands, rows) in use."""
+        if self.bands == 0:
+            return optimal_params(self.threshold, self.num_perm)
+        return self.bands, self.rows
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer: a bijective 64-bit mixer, vectorised (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _word_hash(word: str) -> int:
+    h = _WORD_CACHE.get(word)
+    if h is None:
+        if len(_WORD_CACHE) >= _WORD_CACHE_MAX:
+            _WORD_CACHE.clear()
+        h = int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+        _WORD_CACHE[word] = h
+    return h
+
+
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+def shingle_hashes_batch(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of the word ``ngram``-shingles of every text, concatenated.
+
+    Returns ``(hashes (S,) uint64, offsets (N+1,) int64)``: the shingles of text ``i`` are
+    ``hashes[offsets[i]:offsets[i+1]]``. A text with fewer than ``ngram`` words has one shingle
+    (all its words); an empty text has none.
+    """
+    toks = [ngram_tokens(t) for t in texts]
+    lengths = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
+    flat = [w for t in toks for w in t]
+    wh = np.fromiter((_word_hash(w) for w in flat), dtype=np.uint64, count=len(flat))  # (W,)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    n_sh = np.where(lengths >= ngram, lengths - ngram + 1, (lengths > 0).astype(np.int64))  # (N,)
+    offsets = np.concatenate([[0], np.cumsum(n_sh)]).astype(np.int64)
+    total = int(offsets[-1])
+    out = np.empty(total, dtype=np.uint64)
+    if total == 0:
+        return out, offsets
+    # windows that start in every text with >= ngram words: polynomial over word hashes
+    long_docs = lengths >= ngram
+    win = len(flat) - ngram + 1
+    if win > 0 and long_docs.any():
+        acc = np.zeros(win, dtype=np.uint64)
+        mult = np.uint64(0x9E3779B97F4A7C15)
+        for k in range(ngram):  # (win,) per k: acc = acc * mult + w[i + k]
+            acc = acc * mult + wh[k:k + win]
+        acc = _splitmix64(acc)
+        # positions of valid window starts: for each long doc, starts[d] .. starts[d]+n_sh[d]-1
+        doc_idx = np.repeat(np.arange(len(texts)), np.where(long_docs, n_sh, 0))
+        within = np.arange(doc_idx.size) - np.repeat(offsets[:-1][long_docs], n_sh[long_docs])
+        pos = starts[:-1][doc_idx] + within
+        dest = offsets[:-1][doc_idx] + within
+        out[dest] = acc[pos]
+    for d in np.flatnonzero(~long_docs & (lengths > 0)):  # short texts: one shingle of all words
+        acc = np.array([len(toks[d])], dtype=np.uint64)  # arrays wrap silently, scalars warn
+        for k in range(int(starts[d]), int(starts[d + 1])):
+            acc = acc * np.uint64(0x9E3779B97F4A7C15) + wh[k:k + 1]
+        out[offsets[d]] = _splitmix64(acc)[0]
+    return out, offsets
+
+
+def minhash_signatures(texts: Sequence[str], config: MinHashConfig | None = None) -> np.ndarray:
+    """MinHash signatures ``(N, num_perm)`` uint32 of the texts' word shingles.
+
+    Texts without any word get the all-``0xFFFFFFFF`` signature (they match nothing real).
+    """
+    cfg = config or MinHashConfig()
+    shingles, offsets = shingle_hashes_batch(texts, cfg.ngram)
+    a, b = _permutations(cfg.num_perm, cfg.seed)
+    n = len(texts)
+    sig = np.full((n, cfg.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    if shingles.size == 0:
+        return sig
+    seg = np.repeat(np.arange(n), np.diff(offsets))  # (S,) document of each shingle
+    chunk = max(1, _CHUNK_ELEMENTS // cfg.num_perm)
+    for lo in range(0, shingles.size, chunk):
+        x = shingles[lo:lo + chunk]
+        h = ((x[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)  # (s, P)
+        s = seg[lo:lo + chunk]
+        bounds = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        mins = np.minimum.reduceat(h, bounds, axis=0)  # (docs in chunk, P)
+        docs = s[bounds]
+        sig[docs] = np.minimum(sig[docs], mins)
+    return sig
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """64-bit key of each band of each signature: ``(N, bands)`` uint64."""
+    n = signatures.shape[0]
+    sig = signatures[:, :bands * rows].astype(np.uint64).reshape(n, bands, rows)
+    mults = _splitmix64(np.arange(1, rows + 1, dtype=np.uint64))  # (rows,)
+    keys = (sig * mults[None, None, :]).sum(axis=2, dtype=np.uint64)  # wraps mod 2^64
+    return _splitmix64(keys ^ (np.arange(bands, dtype=np.uint64)[None, :] << np.uint64(56)))
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
+    """Fraction of equal MinHash values: an unbiased estimate of the Jaccard similarity."""
+    eq = np.asarray(a) == np.asarray(b)
+    return eq.mean(axis=-1)
+
+
+def jaccard(text_a: str, text_b: str, ngram: int = 5) -> float:
+    """Exact Jaccard similarity of two texts' word-``ngram`` shingle sets (the oracle for tests)."""
+    def shingles(t: str) -> set[tuple[str, ...]]:
+        w = ngram_tokens(t)
+        if len(w) < ngram:
+            return {tuple(w)} if w else set()
+        return {tuple(w[i:i + ngram]) for i in range(len(w) - ngram + 1)}
+    sa, sb = shingles(text_a), shingles(text_b)
+    if not sa and not sb:
+        return 1.0
+    return len(sa & sb) / len(sa | sb)
+
+
+# ------------------------------------------------------------------------------------------
+# Streaming LSH index
+# ------------------------------------------------------------------------------------------
+
+class _SignatureStore:
+    """Append-only ``(M, P)`` uint32 signatures, in memory or in a file (``workdir``)."""
+
+    def __init__(self, num_perm: int, workdir: str = "") -> None:
+        self.num_perm = num_perm
+        self.size = 0
+        self._path: Path | None = None
+        self._mem = np.empty((1024, num_perm), dtype=np.uint32)
+        self._map: np.ndarray | None = None
+        if workdir:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="minhash-", suffix=".u32", dir=workdir)
+            os.close(fd)
+            self._path = Path(name)
+
+    def append(self, sig: np.ndarray) -> None:
+        if sig.shape[0] == 0:
+            return
+        if self._path is not None:
+            with self._path.open("ab") as f:
+                f.write(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
+            self.size += sig.shape[0]
+            self._map = None
+            return
+        need = self.size + sig.shape[0]
+        if need > self._mem.shape[0]:
+            grown = np.empty((max(need, 2 * self._mem.shape[0]), self.num_perm), dtype=np.uint32)
+            grown[:self.size] = self._mem[:self.size]
+            self._mem = grown
+        self._mem[self.size:need] = sig
+        self.size = need
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        if self._path is None:
+            return self._mem[idx]
+        if self._map is None:
+            self._map = np.memmap(self._path, dtype=np.uint32, mode="r", shape=(self.size, self.num_perm))
+        return np.asarray(self._map[idx])
+
+    def close(self) -> None:
+        self._map = None
+        if self._path is not None and self._path.exists():
+            self._path.unlink()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort cleanup
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class LSHIndex:
+    """Streaming MinHash-LSH index of kept documents.
+
+    ``query_insert(signatures)`` finds, for each new signature in order, an earlier kept
+    document (from previous calls or earlier in the same call) sharing a band and, when
+    ``verify``, with estimated Jaccard >= ``threshold``; unmatched signatures are inserted.
+    Returns ``(match (B,) int64 index of the kept document or -1, similarity (B,) float)``.
+    """
+
+    def __init__(self, num_perm: int, bands: int, rows: int, threshold: float = 0.7, verify: bool = True,
+                 workdir: str = "", max_candidates: int = 32) -> None:
+        self.bands, self.rows, self.threshold, self.verify = bands, rows, threshold, verify
+        self.max_candidates = max_candidates
+        self.store = _SignatureStore(num_perm, workdir)
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (keys (bands, M) sorted, ids (bands, M))
+
+    def __len__(self) -> int:
+        return self.store.size
+
+    def _candidates_from_runs(self, keys: np.ndarray) -> list[np.ndarray]:
+        """Per query, the ids of stored documents sharing a band key (unique, bounded)."""
+        found: list[list[np.ndarray]] = [[] for _ in range(keys.shape[0])]
+        for run_keys, run_ids in self._runs:
+            for j in range(self.bands):
+                lo = np.searchsorted(run_keys[j], keys[:, j], side="left")
+                hi = np.searchsorted(run_keys[j], keys[:, j], side="right")
+                hits = np.flatnonzero(hi > lo)
+                for q in hits:
+                    found[q].append(run_ids[j][lo[q]:min(hi[q], lo[q] + self.max_candidates)])
+        return [np.unique(np.concatenate(f)) if f else np.empty(0, dtype=np.int64) for f in found]
+
+    def _add_run(self, keys: np.ndarray, ids: np.ndarray) -> None:
+        order = np.argsort(keys, axis=0, kind="stable")  # (M, bands)
+        run_keys = np.take_along_axis(keys, order, axis=0).T.copy()
+        run_ids = ids[order].T.copy()
+        self._runs.append((run_keys, run_ids))
+        while len(self._runs) >= 2 and self._runs[-1][0].shape[1] * 2 >= self._runs[-2][0].shape[1]:
+            (k2, i2), (k1, i1) = self._runs.pop(), self._runs.pop()
+            k, i = np.concatenate([k1, k2], axis=1), np.concatenate([i1, i2], axis=1)
+            order = np.argsort(k, axis=1, kind="stable")
+            self._runs.append((np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1)))
+
+    def query_insert(self, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = signatures.shape[0]
+        keys = band_keys(signatures, self.bands, self.rows)  # (B, bands)
+        stored = self._candidates_from_runs(keys)
+        # within the batch: earlier rows sharing a band key
+        earlier: list[set[int]] = [set() for _ in range(n)]
+        for j in range(self.bands):
+            order = np.argsort(keys[:, j], kind="stable")
+            k = keys[order, j]
+            same = np.flatnonzero(k[1:] == k[:-1]) + 1
+            for p in same:
+                first = p
+                while first > 0 and k[first - 1] == k[p] and p - first < self.max_candidates:
+                    first -= 1
+                for q in order[first:p]:
+                    earlier[order[p]].add(int(q))
+        match = np.full(n, -1, dtype=np.int64)
+        sim = np.zeros(n, dtype=np.float64)
+        new_index = np.full(n, -1, dtype=np.int64)  # store index given to kept rows of this batch
+        kept_rows: list[int] = []
+        base = self.store.size
+        for q in range(n):
+            cands = stored[q]
+            best, best_sim = -1, -1.0
+            if cands.size:
+                sims = estimated_jaccard(self.store.take(cands), signatures[q][None, :])
+                i = int(np.argmax(sims))
+                best, best_sim = int(cands[i]), float(sims[i])
+            for e in earlier[q]:
+                if new_index[e] >= 0:
+                    s = float(estimated_jaccard(signatures[e], signatures[q]))
+                    if s > best_sim:
+                        best, best_sim = int(new_index[e]), s
+            if best >= 0 and (not self.verify or best_sim >= self.threshold):
+                match[q], sim[q] = best, best_sim
+            else:
+                new_index[q] = base + len(kept_rows)
+                kept_rows.append(q)
+        if kept_rows:
+            rows = np.asarray(kept_rows)
+            self.store.append(signatures[rows])
+            self._add_run(keys[rows], new_index[rows])
+        return match, sim
+
+    def close(self) -> None:
+        self.store.close()
+        self._runs = []
+
+
+class NearDedup(Step):
+    """Drop documents that are near duplicates of an earlier kept document; rule ``near_duplicate``
+    with the estimated Jaccard similarity as value and ``threshold`` as threshold."""
+
+    name = "near_dedup"
+    config_class = MinHashConfig
+
+    def __init__(self, config: MinHashConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self._index: LSHIndex | None = None
+        self._ids: list[str] = []
+
+    def reset(self) -> None:
+        if self._index is not None:
+            self._index.close()
+        self._index, self._ids = None, []
+
+    def _get_index(self) -> LSHIndex:
+        if self._index is None:
+            cfg: MinHashConfig = self.config  # type: ignore[assignment]
+            bands, rows = cfg.band_rows()
+            self._index = LSHIndex(cfg.num_perm, bands, rows, cfg.threshold, cfg.verify, cfg.workdir,
+                                   cfg.max_candidates)
+        return self._index
+
+    def process(self, docs: list[Doc]) -> StepResult:
+        if not docs:
+            return StepResult([], [])
+        cfg: MinHashConfig = self.config  # type: ignore[assignment]
+        sig = minhash_signatures([d["text"] for d in docs], cfg)
+        match, sim = self._get_index().query_insert(sig)
+        kept: list[Doc] = []
+        decisions: list[Decision] = []
+        for doc, m, s in zip(docs, match, sim):
+            if m < 0:
+                self._ids.append(str(doc["id"]))
+                kept.append(doc)
+            else:
+                decisions.append(Decision(str(doc["id"]), self.name, "near_duplicate", DROP, value=round(float(s), 4),
+                                          threshold=cfg.threshold if cfg.verify else None,
+                                          detail={"duplicate_of": self._ids[int(m)]}))
+        return StepResult(kept, decisions)
+
+
+def near_duplicates(texts: Sequence[str], config: MinHashConfig | None = None,
+                    batch_size: int = 2048) -> list[tuple[int, int, float]]:
+    """``(duplicate index, kept index, estimated similarity)`` for every near duplicate in ``texts``
+    (each compared with the earlier kept texts), processed in batches of ``batch_size``."""
+    cfg = config or MinHashConfig()
+    bands, rows = cfg.band_rows()
+    index = LSHIndex(cfg.num_perm, bands, rows, cfg.threshold, cfg.verify, cfg.workdir, cfg.max_candidates)
+    kept_pos: list[int] = []
+    out: list[tuple[int, int, float]] = []
+    try:
+        for lo in range(0, len(texts), batch_size):
+            sig = minhash_signatures(texts[lo:lo + batch_size], cfg)
+            match, sim = index.query_insert(sig)
+            for i, (m, s) in enumerate(zip(match, sim)):
+                if m < 0:
+                    kept_pos.append(lo + i)
+                else:
+                    out.append((lo + i, kept_pos[int(m)], float(s)))
+    finally:
+        index.close()
+    return out

@@ -1,0 +1,303 @@
+"""Recipes: run curation steps over streamed batches, with per-step statistics and examples.
+
+>>> from training.core.curate import Pipeline, LengthFilter
+>>> pipe = Pipeline([LengthFilter(min_words=3)])
+>>> [d["id"] for d in pipe.run([{"id": "a", "text": "one two three"}, {"id": "b", "text": "one"}])]
+['a']
+>>> pipe.report()["steps"][0]["by_rule"]
+{'too_few_words': 1}
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from training.core.config import ConfigError
+from training.core.curate.balance import Balance
+from training.core.curate.base import DROP, Decision, Doc, Step, StepResult, batched
+from training.core.curate.decontam import Decontaminate
+from training.core.curate.dedup import ExactDedup, NearDedup
+from training.core.curate.extract import ExtractHTML, Normalize
+from training.core.curate.filters import LanguageFilter, ToxicityFilter
+from training.core.curate.pii import RedactPII
+from training.core.curate.quality import C4Filter, FineWebQuality, GopherQuality, GopherRepetition
+from training.core.curate.segment import LengthFilter, Segment
+
+STEP_TYPES: dict[str, type[Step]] = {cls.name: cls for cls in (
+    ExtractHTML, Normalize, ExactDedup, NearDedup, LengthFilter, LanguageFilter, GopherRepetition,
+    GopherQuality, C4Filter, FineWebQuality, ToxicityFilter, RedactPII, Decontaminate, Segment, Balance)}
+STATEFUL = {"exact_dedup", "near_dedup"}  # steps whose result depends on earlier batches
+
+
+@dataclass
+class StepStats:
+    """Counters of one step over a run."""
+
+    name: str
+    docs_in: int = 0
+    docs_out: int = 0
+    chars_in: int = 0
+    chars_out: int = 0
+    docs_dropped: int = 0
+    docs_modified: int = 0
+    seconds: float = 0.0
+    by_rule: Counter = field(default_factory=Counter)
+    chars_removed_by_rule: Counter = field(default_factory=Counter)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "docs_in": self.docs_in, "docs_out": self.docs_out,
+            "chars_in": self.chars_in, "chars_out": self.chars_out,
+            "docs_dropped": self.docs_dropped, "docs_modified": self.docs_modified,
+            "pct_docs_removed": round(100.0 * self.docs_dropped / self.docs_in, 3) if self.docs_in else 0.0,
+            "pct_chars_removed": round(100.0 * (self.chars_in - self.chars_out) / self.chars_in, 3)
+            if self.chars_in else 0.0,
+            "seconds": round(self.seconds, 4),
+            "by_rule": dict(self.by_rule.most_common()),
+            "chars_removed_by_rule": dict(self.chars_removed_by_rule.most_common()),
+            "examples": self.examples,
+        }
+
+
+def _example(doc: Doc | None, decision: Decision | None, max_chars: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if doc is not None:
+        out["id"] = str(doc["id"])
+        out["text"] = doc["text"][:max_chars]
+    if decision is not None:
+        out.update({"id": decision.doc_id, "value": decision.value, "threshold": decision.threshold,
+                    "action": decision.action})
+        if decision.detail:
+            out["detail"] = decision.detail
+    return out
+
+
+class Pipeline:
+    """Run steps in order over batches of documents (memory bounded by the batch size and the
+    dedup indexes), keeping :class:`StepStats` per step and up to ``max_examples`` removed or
+    changed documents per rule (and as many kept ones per step, key ``"kept"``).
+
+    ``on_decisions(step_name, decisions, batch_docs)`` receives every batch's decisions (the
+    studio stores them as the audit trail); ``on_batch(report)`` is called after each batch with
+    running totals (for live progress).
+    """
+
+    def __init__(self, steps: list[Step], *, max_examples: int = 5, example_chars: int = 600,
+                 on_decisions: Callable[[str, list[Decision], list[Doc]], None] | None = None,
+                 on_batch: Callable[[dict[str, Any]], None] | None = None) -> None:
+        names = [s.name for s in steps]
+        self.steps = steps
+        self.max_examples = max_examples
+        self.example_chars = example_chars
+        self.on_decisions = on_decisions
+        self.on_batch = on_batch
+        keys = [f"{n}#{names[:i].count(n)}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+        self.stats = [StepStats(k) for k in keys]
+        self.docs_in = 0
+        self.docs_out = 0
+        self.batches = 0
+        self._t0: float | None = None
+
+    # -- recipes -------------------------------------------------------------------------------
+    @classmethod
+    def from_recipe(cls, recipe: list[dict[str, Any]], **kwargs: Any) -> "Pipeline":
+        """Build from ``[{"step": name, "config": {...}}, ...]`` (see :data:`STEP_TYPES`)."""
+        return cls([build_step(item) for item in recipe], **kwargs)
+
+    def to_recipe(self) -> list[dict[str, Any]]:
+        return [{"step": s.name, "config": s.config.to_dict()} for s in self.steps]
+
+    # -- running -------------------------------------------------------------------------------
+    def _record(self, i: int, docs: list[Doc], result: StepResult, seconds: float) -> None:
+        st = self.stats[i]
+        st.seconds += seconds
+        st.docs_in += len(docs)
+        st.docs_out += len(result.kept)
+        st.chars_in += sum(len(d["text"]) for d in docs)
+        st.chars_out += sum(len(d["text"]) for d in result.kept)
+        by_id = {str(d["id"]): d for d in docs} if result.decisions else {}
+        for dec in result.decisions:
+            st.by_rule[dec.rule] += 1
+            doc = by_id.get(dec.doc_id)
+            if dec.action == DROP:
+                st.docs_dropped += 1
+                st.chars_removed_by_rule[dec.rule] += len(doc["text"]) if doc else 0
+            else:
+                st.docs_modified += 1
+            ex = st.examples.setdefault(dec.rule, [])
+            if len(ex) < self.max_examples:
+                ex.append(_example(doc, dec, self.example_chars))
+        kept_ex = st.examples.setdefault("kept", [])
+        for d in result.kept[: max(0, self.max_examples - len(kept_ex))]:
+            kept_ex.append(_example(d, None, self.example_chars))
+        if self.on_decisions is not None and result.decisions:
+            self.on_decisions(st.name, result.decisions, docs)
+
+    def process_batch(self, docs: list[Doc], start: int = 0) -> list[Doc]:
+        """Run steps ``start..`` over one batch and return the kept documents."""
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        if start == 0:
+            self.docs_in += len(docs)
+        for i in range(start, len(self.steps)):
+            if not docs:
+                break
+            t = time.perf_counter()
+            result = self.steps[i].process(docs)
+            self._record(i, docs, result, time.perf_counter() - t)
+            docs = result.kept
+        self.docs_out += len(docs)
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(self.progress())
+        return docs
+
+    def run(self, docs: Iterable[Doc], batch_size: int = 256, workers: int = 1) -> Iterator[Doc]:
+        """Stream ``docs`` through the steps; yields kept documents in input order.
+
+        With ``workers > 1`` the leading stateless steps (everything before the first dedup
+        step) run in a pool of worker processes, the rest in this process.
+        """
+        if workers <= 1:
+            for batch in batched(docs, batch_size):
+                yield from self.process_batch(batch)
+            return
+        split = next((i for i, s in enumerate(self.steps) if s.name in STATEFUL), len(self.steps))
+        if split == 0:
+            yield from self.run(docs, batch_size, 1)
+            return
+        ctx = mp.get_context("fork")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(self.steps[:split],)) as pool:
+            for batch, results in pool.imap(_work, batched(docs, batch_size), chunksize=1):
+                if self._t0 is None:
+                    self._t0 = time.perf_counter()
+                self.docs_in += len(batch)
+                cur = batch
+                for i, (result, seconds) in enumerate(results):
+                    self._record(i, cur, result, seconds)
+                    cur = result.kept
+                if split < len(self.steps):
+                    self.batches -= 1  # process_batch counts it
+                    self.docs_out -= 0
+                    yield from self.process_batch(cur, start=split) if cur else iter(())
+                    if not cur:
+                        self.batches += 1
+                else:
+                    self.docs_out += len(cur)
+                    self.batches += 1
+                    if self.on_batch is not None:
+                        self.on_batch(self.progress())
+                    yield from cur
+
+    def run_all(self, docs: Iterable[Doc], batch_size: int = 256, workers: int = 1) -> tuple[list[Doc], dict[str, Any]]:
+        """Run to completion: ``(kept documents, report)``."""
+        kept = list(self.run(docs, batch_size, workers))
+        return kept, self.report()
+
+    def progress(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "batches": self.batches,
+                "elapsed_s": round(elapsed, 3), "docs_per_s": round(self.docs_in / elapsed, 2) if elapsed else 0.0,
+                "steps": {s.name: {"docs_in": s.docs_in, "docs_out": s.docs_out} for s in self.stats}}
+
+    def report(self) -> dict[str, Any]:
+        """Per-step statistics, examples per rule, and totals."""
+        chars_in = self.stats[0].chars_in if self.stats else 0
+        chars_out = self.stats[-1].chars_out if self.stats else 0
+        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "chars_in": chars_in, "chars_out": chars_out,
+                "recipe": self.to_recipe(), "steps": [s.to_dict() for s in self.stats],
+                "skipped": {s.name: s.skipped for s in self.steps if getattr(s, "skipped", None)}}
+
+    def reset(self) -> None:
+        for s in self.steps:
+            s.reset()
+        self.__init__(self.steps, max_examples=self.max_examples, example_chars=self.example_chars,  # type: ignore[misc]
+                      on_decisions=self.on_decisions, on_batch=self.on_batch)
+
+
+_WORKER_STEPS: list[Step] = []
+
+
+def _init_worker(steps: list[Step]) -> None:
+    global _WORKER_STEPS
+    _WORKER_STEPS = steps
+
+
+def _work(batch: list[Doc]) -> tuple[list[Doc], list[tuple[StepResult, float]]]:
+    out = []
+    cur = batch
+    for step in _WORKER_STEPS:
+        t = time.perf_counter()
+        res = step.process(cur) if cur else StepResult([], [])
+        out.append((res, time.perf_counter() - t))
+        cur = res.kept
+    return batch, out
+
+
+def build_step(item: dict[str, Any]) -> Step:
+    """One step from ``{"step": name, "config": {...}}``."""
+    name = item.get("step")
+    if name not in STEP_TYPES:
+        raise ConfigError("step", f"unknown step {name!r}", f"choose one of {', '.join(sorted(STEP_TYPES))}")
+    cls = STEP_TYPES[name]
+    cfg = item.get("config") or {}
+    try:
+        return cls(cls.config_class.from_dict(cfg))
+    except ConfigError as e:
+        raise ConfigError(f"{name}.{e.field}", e.message, e.hint) from None
+
+
+def default_recipe() -> list[dict[str, Any]]:
+    """The FineWeb-like default: extract HTML, normalize, exact + near dedup, English only,
+    Gopher repetition and quality (datatrove thresholds), profanity, PII redaction."""
+    return [
+        {"step": "extract", "config": {}},
+        {"step": "normalize", "config": {}},
+        {"step": "length", "config": {"min_chars": 200}},
+        {"step": "exact_dedup", "config": {}},
+        {"step": "language", "config": {"allowed": ["en"], "threshold": 0.65}},
+        {"step": "gopher_repetition", "config": {}},
+        {"step": "gopher_quality", "config": {}},
+        {"step": "near_dedup", "config": {}},
+        {"step": "toxicity", "config": {}},
+        {"step": "pii", "config": {}},
+    ]
+
+
+def preview(step: Step, docs: list[Doc], value_field: str, *, bins: int = 20, examples: int = 3,
+            example_chars: int = 300) -> dict[str, Any]:
+    """Histogram of a step's measured ``value_field`` on a sample, with the threshold and the
+    documents nearest the cut on each side (so a user sees what a threshold keeps and removes)."""
+    values = np.array([step.measure(d)[value_field] for d in docs], dtype=np.float64)
+    thresholds = step.thresholds()
+    if value_field not in thresholds:
+        raise ConfigError("value_field", f"{step.name} measures no {value_field!r}",
+                          f"choose one of {', '.join(thresholds)}")
+    threshold = thresholds[value_field]
+    counts, edges = np.histogram(values, bins=bins) if values.size else (np.zeros(0), np.zeros(0))
+    out: dict[str, Any] = {"step": step.name, "value_field": value_field, "threshold": threshold,
+                           "n": int(values.size), "histogram": {"counts": counts.astype(int).tolist(),
+                                                                "edges": np.round(edges, 6).tolist()},
+                           "mean": float(values.mean()) if values.size else None}
+    cuts = [t for t in (threshold if isinstance(threshold, (tuple, list)) else [threshold]) if t is not None]
+    sides = []
+    for cut in cuts:
+        below = np.flatnonzero(values < cut)
+        above = np.flatnonzero(values >= cut)
+        below = below[np.argsort(cut - values[below])][:examples]
+        above = above[np.argsort(values[above] - cut)][:examples]
+        sides.append({"cut": cut, "n_below": int((values < cut).sum()), "n_above": int((values >= cut).sum()),
+                      "below": [{"id": str(docs[i]["id"]), "value": float(values[i]),
+                                 "text": docs[i]["text"][:example_chars]} for i in below],
+                      "above": [{"id": str(docs[i]["id"]), "value": float(values[i]),
+                                 "text": docs[i]["text"][:example_chars]} for i in above]})
+    out["cuts"] = sides
+    return out
