@@ -11,6 +11,8 @@ class Stage:
     title: str
     role: str  # access level needed to open the page
     summary: str
+    # True when an app serves this stage's pages itself at /<slug>/ (the generic page steps aside)
+    own_pages: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
