@@ -1,0 +1,325 @@
+"""GGUF (llama.cpp) import and export for Llama-architecture models.
+
+Import: tensors are dequantized to fp32 with ``gguf.quants.dequantize`` (Q4_0, Q4_1, Q8_0, K-quants,
+F16, BF16, F32, ...), llama.cpp's rotary permutation of the q/k projections is undone exactly
+(see :func:`unpermute_qk`), and the byte-level BPE tokenizer stored in the metadata
+(``tokenizer.ggml.tokens`` / ``merges`` / ``token_type``, bos/eos/pad ids and
+``tokenizer.chat_template``) is rebuilt as a :class:`~training.core.tokenizer.StudioTokenizer`.
+
+Export: a ``llama`` GGUF with F32 or F16 weights and the tokenizer, which
+``gguf.GGUFReader`` (and llama.cpp) read back.
+
+>>> q = torch.arange(24.0).reshape(8, 3)  # 2 heads of size 4, 3 input features
+>>> torch.equal(unpermute_qk(permute_qk(q, 2), 2), q)
+True
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from training.core.config import ConfigError, ModelConfig
+from training.core.interop.common import InteropError, atomic_file, model_from_state_dict
+from training.core.model import Transformer
+
+if TYPE_CHECKING:
+    from training.core.tokenizer import StudioTokenizer
+
+__all__ = ["import_gguf", "export_gguf", "read_gguf_config", "tokenizer_from_gguf", "permute_qk", "unpermute_qk"]
+
+# GGUF tensor name -> our name ("{i}": layer index)
+_LAYER = {
+    "attn_q.weight": "attention.wq.weight",
+    "attn_k.weight": "attention.wk.weight",
+    "attn_v.weight": "attention.wv.weight",
+    "attn_output.weight": "attention.wo.weight",
+    "ffn_gate.weight": "feed_forward.w1.weight",
+    "ffn_up.weight": "feed_forward.w3.weight",
+    "ffn_down.weight": "feed_forward.w2.weight",
+    "attn_norm.weight": "attention_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+}
+_TOP = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+        "output.weight": "output.weight"}
+
+# llama.cpp pre-tokenizer names whose splitting we reproduce
+_DIGIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "exaone", "gpt3-finnish"}  # digits one by one
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_PRE = {"llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3"}
+
+
+def gguf_names(cfg: ModelConfig) -> dict[str, str]:
+    """GGUF tensor name -> our parameter name."""
+    names = dict(_TOP)
+    for i in range(cfg.n_layers):
+        for theirs, ours in _LAYER.items():
+            names[f"blk.{i}.{theirs}"] = f"layers.{i}.{ours}"
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions: llama.cpp's q/k permutation
+# --------------------------------------------------------------------------------------------
+
+def permute_qk(w: Tensor, n_heads: int) -> Tensor:
+    """llama.cpp's ``permute`` of a q or k projection ``(n_heads * D, in)``: within each head the
+    "rotate half" layout (first half pairs with second half) becomes interleaved pairs."""
+    out_dim = w.shape[0]
+    return w.reshape(n_heads, 2, out_dim // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: Tensor, n_heads: int) -> Tensor:
+    """Inverse of :func:`permute_qk`: interleaved pairs back to Hugging Face's "rotate half" layout."""
+    out_dim = w.shape[0]
+    return w.reshape(n_heads, out_dim // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def _f32(value: float) -> float:
+    """A float32 metadata value as the shortest decimal that round-trips (9.99999974e-06 -> 1e-05)."""
+    return float(str(np.float32(value)))
+
+
+def read_gguf_config(reader: Any) -> ModelConfig:
+    """Our :class:`ModelConfig` from the ``llama.*`` metadata of an open ``gguf.GGUFReader``."""
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise InteropError(f"GGUF architecture {arch!r} is not supported", "import 'llama' architecture GGUF files")
+    g = lambda key, default=None: _field(reader, f"llama.{key}", default)  # noqa: E731
+    names = {t.name for t in reader.tensors}
+    dim, n_heads = int(g("embedding_length")), int(g("attention.head_count"))
+    rope_dim = g("rope.dimension_count")
+    if rope_dim is not None and int(rope_dim) != dim // n_heads:
+        raise InteropError(f"partial rotary (rope.dimension_count={rope_dim}) is not supported",
+                           "only models that rotate the whole head")
+    if _field(reader, "llama.rope.scaling.type", "none") not in ("none", None):
+        raise InteropError("rope scaling is not supported", "only plain rotary embeddings")
+    vocab = g("vocab_size")
+    if vocab is None:
+        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    try:
+        return ModelConfig(
+            vocab_size=int(vocab), dim=dim, n_layers=int(g("block_count")), n_heads=n_heads,
+            n_kv_heads=int(g("attention.head_count_kv", n_heads)), ffn_dim=int(g("feed_forward_length")),
+            max_seq_len=int(g("context_length", 2048)), rope_theta=_f32(g("rope.freq_base", 10000.0)),
+            norm_eps=_f32(g("attention.layer_norm_rms_epsilon", 1e-5)),
+            tie_embeddings="output.weight" not in names, mode="decoder",
+        )
+    except (TypeError, ConfigError) as e:
+        raise InteropError(f"the GGUF metadata does not describe a usable model: {e}",
+                           "check the llama.* keys of the file") from e
+
+
+def _dequantize(tensor: Any) -> Tensor:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    if tensor.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        array = np.array(tensor.data, dtype=np.float32)  # a copy: the reader's memmap is read-only
+    else:
+        array = dequantize(tensor.data, tensor.tensor_type)
+    shape = tuple(int(s) for s in reversed(tensor.shape))  # GGUF lists dims innermost first
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).reshape(shape))
+
+
+def _byte_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = list(bs)
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def tokenizer_from_gguf(reader: Any) -> "StudioTokenizer":
+    """Rebuild the byte-level BPE tokenizer stored in a GGUF file's metadata."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    from training.core.tokenizer import StudioTokenizer
+
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise InteropError(f"GGUF tokenizer type {kind!r} is not supported",
+                           "only byte-level BPE ('gpt2') tokenizers are rebuilt; import the Hugging Face folder "
+                           "of this model instead")
+    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
+    merges: list[str] = _field(reader, "tokenizer.ggml.merges") or []
+    types: list[int] = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    byte_chars = _byte_unicode()
+    alphabet = set(byte_chars.values())
+    spelled = [t if set(t) <= alphabet else "".join(byte_chars[b] for b in t.encode("utf-8")) for t in tokens]
+    vocab = {t: i for i, t in enumerate(spelled)}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _DIGIT_PRE:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre in _LLAMA3_PRE:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:  # "default", "gpt-2" and others: GPT-2's split
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    control = [t for t, ty in zip(tokens, types) if ty == 3 and set(t) <= alphabet]  # 3: CONTROL
+    user = [t for t, ty in zip(tokens, types) if ty == 4 and t in vocab]  # 4: USER_DEFINED
+    if control:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    if user:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+
+    def role(key: str) -> str | None:
+        i = _field(reader, f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    specials = {"bos": role("bos"), "eos": role("eos"), "pad": role("padding"), "unk": role("unknown"),
+                "mask": None}
+    return StudioTokenizer(tok, special_tokens=specials, additional_special_tokens=control,
+                           chat_template=_field(reader, "tokenizer.chat_template"),
+                           model_max_length=_field(reader, "llama.context_length"))
+
+
+def import_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                with_tokenizer: bool = True) -> tuple[Transformer, "StudioTokenizer | None"]:
+    """Load a ``llama`` GGUF file into our :class:`Transformer` (weights dequantized) and its tokenizer."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise InteropError(f"no GGUF file at {path}", "check the path (a .gguf file)")
+    reader = GGUFReader(str(path))
+    cfg = read_gguf_config(reader)
+    names = gguf_names(cfg)
+    state: dict[str, Tensor] = {}
+    for tensor in reader.tensors:
+        ours = names.get(tensor.name)
+        if ours is None:
+            if tensor.name.startswith("rope_freqs"):
+                raise InteropError("the file has rope frequency factors (Llama 3.1 rope scaling)",
+                                   "only plain rotary embeddings are supported")
+            raise InteropError(f"unexpected GGUF tensor {tensor.name!r}", "only plain Llama weights can be imported")
+        w = _dequantize(tensor)
+        if ours.endswith("attention.wq.weight"):
+            w = unpermute_qk(w, cfg.n_heads)
+        elif ours.endswith("attention.wk.weight"):
+            w = unpermute_qk(w, cfg.kv_heads)
+        state[ours] = w
+    model = model_from_state_dict(cfg, state, dtype=dtype, device=device)
+    tokenizer = tokenizer_from_gguf(reader) if with_tokenizer and "tokenizer.ggml.model" in reader.fields else None
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+def _tokenizer_metadata(tokenizer: "StudioTokenizer") -> dict[str, Any]:
+    """Tokens, types, merges and pre-tokenizer name of a byte-level BPE StudioTokenizer."""
+    data = json.loads(tokenizer.tokenizer.to_str())
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        raise InteropError(f"tokenizer model {model.get('type')!r} cannot be written to GGUF",
+                           "only byte-level BPE tokenizers are exported")
+    vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+    size = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    for t, i in vocab.items():
+        tokens[i] = t
+    added = {a["id"]: a for a in data.get("added_tokens", [])}
+    types = [(3 if added[i]["special"] else 4) if i in added else 1 for i in range(size)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+        pre_name = "smollm"
+    elif kinds == ["Split", "ByteLevel"]:
+        pre_name = "llama-bpe"
+    else:
+        pre_name = "gpt-2"
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": pre_name}
+
+
+def export_gguf(model: Transformer, tokenizer: "StudioTokenizer | None", path: str | Path, *,
+                dtype: torch.dtype = torch.float32, name: str = "studio-model") -> Path:
+    """Write ``model`` (and ``tokenizer``) as a ``llama`` GGUF file, weights in F32 or F16.
+
+    The q/k projections are permuted the way llama.cpp expects; norms stay F32. The file is
+    written to a temporary sibling and renamed into place.
+    """
+    import gguf
+
+    if dtype not in (torch.float32, torch.float16):
+        raise InteropError(f"GGUF export dtype {dtype} is not supported", "use torch.float32 or torch.float16")
+    cfg = model.cfg
+    if cfg.mode != "decoder":
+        raise InteropError("only decoder models can be exported to GGUF", "encoder models stay in studio checkpoints")
+    path = Path(path)
+    meta = _tokenizer_metadata(tokenizer) if tokenizer is not None else None
+    with atomic_file(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch="llama")
+        writer.add_name(name)
+        writer.add_block_count(cfg.n_layers)
+        writer.add_context_length(cfg.max_seq_len)
+        writer.add_embedding_length(cfg.dim)
+        writer.add_feed_forward_length(cfg.hidden_dim)
+        writer.add_head_count(cfg.n_heads)
+        writer.add_head_count_kv(cfg.kv_heads)
+        writer.add_rope_freq_base(cfg.rope_theta)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_layer_norm_rms_eps(cfg.norm_eps)
+        writer.add_vocab_size(cfg.vocab_size)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16)
+        if tokenizer is not None and meta is not None:
+            writer.add_tokenizer_model("gpt2")
+            writer.add_tokenizer_pre(meta["pre"])
+            writer.add_token_list(meta["tokens"])
+            writer.add_token_types(meta["types"])
+            writer.add_token_merges(meta["merges"])
+            if tokenizer.bos_id is not None:
+                writer.add_bos_token_id(tokenizer.bos_id)
+            writer.add_eos_token_id(tokenizer.eos_id)
+            writer.add_pad_token_id(tokenizer.pad_id)
+            if tokenizer.unk_id is not None:
+                writer.add_unk_token_id(tokenizer.unk_id)
+            writer.add_add_bos_token(False)
+            if tokenizer.chat_template:
+                writer.add_chat_template(tokenizer.chat_template)
+        state = model.state_dict()
+        np_dtype = np.float32 if dtype == torch.float32 else np.float16
+        for theirs, ours in gguf_names(cfg).items():
+            if theirs == "output.weight" and cfg.tie_embeddings:
+                continue
+            w = state[ours].detach().to("cpu", torch.float32)
+            if ours.endswith("attention.wq.weight"):
+                w = permute_qk(w, cfg.n_heads)
+            elif ours.endswith("attention.wk.weight"):
+                w = permute_qk(w, cfg.kv_heads)
+            array = w.contiguous().numpy()
+            writer.add_tensor(theirs, array.astype(np.float32 if array.ndim == 1 else np_dtype))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return path
