@@ -184,12 +184,8 @@ class Pipeline:
                 for i, (result, seconds) in enumerate(results):
                     self._record(i, cur, result, seconds)
                     cur = result.kept
-                if split < len(self.steps):
-                    self.batches -= 1  # process_batch counts it
-                    self.docs_out -= 0
-                    yield from self.process_batch(cur, start=split) if cur else iter(())
-                    if not cur:
-                        self.batches += 1
+                if split < len(self.steps) and cur:
+                    yield from self.process_batch(cur, start=split)  # counts the batch and docs out
                 else:
                     self.docs_out += len(cur)
                     self.batches += 1
@@ -276,12 +272,12 @@ def preview(step: Step, docs: list[Doc], value_field: str, *, bins: int = 20, ex
             example_chars: int = 300) -> dict[str, Any]:
     """Histogram of a step's measured ``value_field`` on a sample, with the threshold and the
     documents nearest the cut on each side (so a user sees what a threshold keeps and removes)."""
-    values = np.array([step.measure(d)[value_field] for d in docs], dtype=np.float64)
     thresholds = step.thresholds()
     if value_field not in thresholds:
         raise ConfigError("value_field", f"{step.name} measures no {value_field!r}",
                           f"choose one of {', '.join(thresholds)}")
     threshold = thresholds[value_field]
+    values = np.array([step.measure(d)[value_field] for d in docs], dtype=np.float64)
     counts, edges = np.histogram(values, bins=bins) if values.size else (np.zeros(0), np.zeros(0))
     out: dict[str, Any] = {"step": step.name, "value_field": value_field, "threshold": threshold,
                            "n": int(values.size), "histogram": {"counts": counts.astype(int).tolist(),

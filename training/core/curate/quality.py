@@ -40,7 +40,7 @@ TERMINAL_PUNCT = (".", "?", "!", '"', "'", "”", "’", "…", ":")
 C4_TERMINAL = (".", "?", "!", '"', "'", "”", "’")
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                      "use cookies")
-_CITATION = re.compile(r"\[\d+\]|\[citation needed\]|\[edit\]", re.I)
+_CITATION = re.compile(r"\s*(?:\[\d+\]|\[citation needed\]|\[edit\])", re.I)
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 _WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
 _ALPHA_TOKEN = re.compile(r"\S*[^\W\d_]\S*")
