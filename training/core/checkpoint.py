@@ -322,6 +322,7 @@ def load_checkpoint(
     ``restore_rng`` (from rank 0's file if the checkpoint had fewer ranks).
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_state_dict,
@@ -344,8 +345,9 @@ def load_checkpoint(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*assuming the intent is to")
             dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=not _dist_on())
-    except Exception as e:  # noqa: BLE001 - DCP raises several types; all mean "cannot use this"
-        raise CheckpointError(ckpt, f"cannot load model/optimizer state ({type(e).__name__}: {e})",
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - all mean "cannot use this checkpoint"
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(ckpt, f"cannot load model/optimizer state ({detail})",
                               "check that the model config matches the checkpoint's config.json") from None
     if optimizer is not None:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -37,6 +37,7 @@ from training.core.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_model_weights,
+    read_checkpoint_config,
     save_checkpoint,
 )
 from training.core.config import ConfigError, PretrainConfig
@@ -304,6 +305,12 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
     start_step, tokens_seen = 0, 0
     resume = broadcast_object(_resolve_resume(cfg) if ctx.is_main else None, ctx)
     if resume is not None:
+        saved = read_checkpoint_config(resume).get("model", {})
+        changed = sorted(k for k, v in cfg.model.to_dict().items() if k in saved and saved[k] != v)
+        if changed:
+            raise CheckpointError(resume, f"the model settings differ from the checkpoint's: {', '.join(changed)}",
+                                  "resume with the model settings of the run's config.json, or start a new run "
+                                  "with init_from")
         state = load_checkpoint(resume, model, optimizer, ctx=ctx)
         start_step = state["step"]
         scheduler.load_state_dict(state["trainer_state"]["scheduler"])
