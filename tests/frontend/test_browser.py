@@ -88,6 +88,7 @@ def test_api_token_created_in_the_browser_is_shown_once(page, studio_server):  #
     page.goto(studio_server.url + "/account/")
     page.get_by_label("Token name").fill("my script")
     page.get_by_role("button", name="Create token").click()
+    page.locator("#token-created").wait_for(state="visible")
     key = page.locator("#token-key").inner_text()
     assert key.startswith("lls_")
     page.reload()
