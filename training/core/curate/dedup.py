@@ -41,7 +41,7 @@ from training.core.curate.text import ngram_tokens, normalize_for_hash
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _WORD_CACHE: dict[str, int] = {}
 _WORD_CACHE_MAX = 2_000_000
-_CHUNK_ELEMENTS = 1 << 22  # shingles x num_perm per chunk: 4M uint64 = 32 MB
+_CHUNK_ELEMENTS = 1 << 20  # shingles x num_perm per chunk: 1M uint64 = 8 MB
 
 
 # ------------------------------------------------------------------------------------------
@@ -235,7 +235,8 @@ def shingle_hashes_batch(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, 
     toks = [ngram_tokens(t) for t in texts]
     lengths = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
     flat = [w for t in toks for w in t]
-    wh = np.fromiter((_word_hash(w) for w in flat), dtype=np.uint64, count=len(flat))  # (W,)
+    table = {w: _word_hash(w) for w in dict.fromkeys(flat)}  # hash each distinct word once
+    wh = np.fromiter(map(table.__getitem__, flat), dtype=np.uint64, count=len(flat))  # (W,)
     starts = np.concatenate([[0], np.cumsum(lengths)])
     n_sh = np.where(lengths >= ngram, lengths - ngram + 1, (lengths > 0).astype(np.int64))  # (N,)
     offsets = np.concatenate([[0], np.cumsum(n_sh)]).astype(np.int64)
@@ -280,14 +281,19 @@ def minhash_signatures(texts: Sequence[str], config: MinHashConfig | None = None
         return sig
     seg = np.repeat(np.arange(n), np.diff(offsets))  # (S,) document of each shingle
     chunk = max(1, _CHUNK_ELEMENTS // cfg.num_perm)
+    b_col = b[:, None]
     for lo in range(0, shingles.size, chunk):
         x = shingles[lo:lo + chunk]
-        h = ((x[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)  # (s, P)
+        h = np.multiply.outer(a, x)  # (P, s): one row per hash function, contiguous shingles
+        h += b_col
+        h >>= np.uint64(32)
+        h32 = h.astype(np.uint32)
+        del h
         s = seg[lo:lo + chunk]
         bounds = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-        mins = np.minimum.reduceat(h, bounds, axis=0)  # (docs in chunk, P)
+        mins = np.minimum.reduceat(h32, bounds, axis=1)  # (P, docs in chunk)
         docs = s[bounds]
-        sig[docs] = np.minimum(sig[docs], mins)
+        sig[docs] = np.minimum(sig[docs], mins.T)
     return sig
 
 

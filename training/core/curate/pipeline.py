@@ -252,19 +252,23 @@ def build_step(item: dict[str, Any]) -> Step:
 
 
 def default_recipe() -> list[dict[str, Any]]:
-    """The FineWeb-like default: extract HTML, normalize, exact + near dedup, English only,
-    Gopher repetition and quality (datatrove thresholds), profanity, PII redaction."""
+    """The FineWeb-like default: extract HTML, normalize, length, English only, Gopher repetition
+    and quality (datatrove thresholds), profanity, PII redaction, then exact and near dedup.
+
+    Filters come before dedup (as in FineWeb): they are stateless, so a parallel run spreads them
+    over worker processes, and dedup then only indexes documents that survived.
+    """
     return [
         {"step": "extract", "config": {}},
         {"step": "normalize", "config": {}},
         {"step": "length", "config": {"min_chars": 200}},
-        {"step": "exact_dedup", "config": {}},
         {"step": "language", "config": {"allowed": ["en"], "threshold": 0.65}},
         {"step": "gopher_repetition", "config": {}},
         {"step": "gopher_quality", "config": {}},
-        {"step": "near_dedup", "config": {}},
         {"step": "toxicity", "config": {}},
         {"step": "pii", "config": {}},
+        {"step": "exact_dedup", "config": {}},
+        {"step": "near_dedup", "config": {}},
     ]
 
 
