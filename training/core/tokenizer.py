@@ -307,7 +307,10 @@ class StudioTokenizer:
         if roles["eos"] is None:  # e.g. a GPT-2 style folder with only tokenizer.json
             roles["eos"] = next((t for t in ("<|endoftext|>", "</s>", "<eos>") if tok.token_to_id(t) is not None),
                                 None)
-        extra_raw = config.get("additional_special_tokens") or special_map.get("additional_special_tokens") or []
+        extra_raw = (config.get("additional_special_tokens") or config.get("extra_special_tokens")
+                     or special_map.get("additional_special_tokens") or [])
+        if isinstance(extra_raw, dict):  # transformers 5 may store named extras: {"name": token}
+            extra_raw = list(extra_raw.values())
         extra = [c for c in (_token_content(t) for t in extra_raw) if c is not None]
         template = config.get("chat_template")
         if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
