@@ -112,13 +112,13 @@ def build_pretrain_config(config_path: str | None, overrides: Sequence[str]) -> 
     data = load_config_file(config_path) if config_path else {}
     data = apply_overrides(data, overrides)
     model = data.get("model")
+    if data.get("objective") == "mlm" and (model is None or (isinstance(model, dict) and "mode" not in model)):
+        model = {**(model or {}), "mode": "encoder"}  # masked-LM means an encoder unless said otherwise
+        data["model"] = model
     if isinstance(model, dict) and "preset" in model:
         model = dict(model)
         name = model.pop("preset")
-        base = ModelConfig.preset(name).to_dict()
-        data["model"] = {**base, **model}
-    if isinstance(data.get("model"), dict) and data.get("objective") == "mlm" and "mode" not in data["model"]:
-        data["model"]["mode"] = "encoder"
+        data["model"] = {**ModelConfig.preset(name).to_dict(), **model}
     return PretrainConfig.from_dict(data)
 
 
@@ -283,9 +283,11 @@ def load_model_and_tokenizer(model_path: str, tokenizer_path: str | None = None,
     from training.core.tokenizer import StudioTokenizer
 
     if model_path == "smollm2":
+        from training.core.corpora import default_cache_dir
         from training.core.interop import load_smollm2
 
-        return load_smollm2()
+        model, tokenizer = load_smollm2(default_cache_dir())  # keeps an HF copy in the cache: fast next time
+        return model.to(device).eval(), tokenizer
     path = Path(model_path)
     if not path.exists():
         raise CliError(f"model {path} does not exist", "pass a checkpoint, run folder, export, HF folder or .gguf")
