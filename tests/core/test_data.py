@@ -144,9 +144,25 @@ def test_dtype_choice_and_errors(tmp_path: Path) -> None:
         TokenShards(tmp_path, "train")
 
 
+def _watching_stream(docs: list[str], parent: Path, name: str, check_at: int) -> Iterator[str]:
+    """Yields ``docs``; when asked for document ``check_at``, earlier ones must already be on disk."""
+    for i, d in enumerate(docs):
+        if i == check_at:
+            written = sum(f.stat().st_size for f in parent.glob(f".{name}.tmp-*/*.bin"))
+            assert written > 0, "prepare_shards read ahead instead of streaming"
+        yield d
+
+
+def test_prepare_streams_documents(tok: StudioTokenizer, austen_sample: list[str], tmp_path: Path) -> None:
+    stream = _watching_stream(austen_sample, tmp_path, "ds", check_at=12)
+    m = prepare_shards(stream, tok, tmp_path / "ds", val_fraction=0.2, batch_size=2)
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == len(austen_sample)
+
+
 @pytest.mark.slow
 def test_worker_pool_gives_identical_shards(tok: StudioTokenizer, austen_sample: list[str], tmp_path: Path) -> None:
-    a = prepare_shards(austen_sample, tok, tmp_path / "a", val_fraction=0.2, num_workers=2, batch_size=4)
+    stream = _watching_stream(austen_sample, tmp_path, "a", check_at=20)  # 4 batches of 2 in flight at most
+    a = prepare_shards(stream, tok, tmp_path / "a", val_fraction=0.2, num_workers=2, batch_size=2)
     b = prepare_shards(austen_sample, tok, tmp_path / "b", val_fraction=0.2)
     assert a == b
     assert np.array_equal(TokenShards(tmp_path / "a", "train")[:], TokenShards(tmp_path / "b", "train")[:])

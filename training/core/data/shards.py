@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -96,6 +97,21 @@ def _worker_init(tokenizer_json: str, special_tokens: dict[str, str | None], arg
 
 def _worker_encode(texts: list[str]) -> list[tuple[bool, np.ndarray, int]]:
     return _encode_docs(_WORKER["tok"], texts, *_WORKER["args"])
+
+
+def _pool_encode(pool: Any, batches: Iterator[list[str]], window: int) -> Iterator[list[tuple[bool, np.ndarray, int]]]:
+    """Encode batches in the pool, in order, with at most ``window`` batches in flight.
+
+    (``Pool.imap`` would read the whole input iterator ahead into its task queue, i.e. load the
+    corpus into memory.)
+    """
+    pending: deque[Any] = deque()
+    for batch in batches:
+        pending.append(pool.apply_async(_worker_encode, (batch,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -194,7 +210,8 @@ def prepare_shards(
             ctx = multiprocessing.get_context("spawn")  # no fork of the tokenizer's Rust thread pool
             pool = ctx.Pool(num_workers, initializer=_worker_init,
                             initargs=(tokenizer.tokenizer.to_str(), tokenizer.special_tokens, args))
-            encoded: Iterable[list[tuple[bool, np.ndarray, int]]] = pool.imap(_worker_encode, _batches(texts, batch_size))
+            encoded: Iterable[list[tuple[bool, np.ndarray, int]]] = _pool_encode(
+                pool, _batches(texts, batch_size), window=2 * num_workers)
         else:
             encoded = (_encode_docs(tokenizer, b, *args) for b in _batches(texts, batch_size))
         held: tuple[np.ndarray, int] | None = None  # last train document, kept back in case val ends up empty
