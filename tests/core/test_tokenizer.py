@@ -16,6 +16,7 @@ from training.core.tokenizer import (
     StudioTokenizer,
     TokenizerError,
     compression_ratio,
+    tokenizer_stats,
     train_tokenizer,
 )
 
@@ -88,6 +89,27 @@ def test_compression_ratio_grows_with_vocab(austen_sample: list[str], austen_tex
     print(f"chars/token on held-out Austen: vocab 512 -> {small:.2f}, vocab 2048 -> {big:.2f}")
     assert 1.5 < small < big  # 256 byte tokens alone give exactly 1.0 for ASCII text
     assert big > 3.0
+
+
+def test_tokenizer_stats(tok: StudioTokenizer, austen_texts: list[str]) -> None:
+    texts = austen_texts[200:205]
+    stats = tokenizer_stats(tok, texts, top_k=5)
+    ids = [i for t in texts for i in tok.encode(t)]
+    assert stats["tokens"] == len(ids) and stats["chars"] == sum(map(len, texts))
+    assert stats["chars_per_token"] == pytest.approx(compression_ratio(tok, texts))
+    assert stats["vocab_used"] == len(set(ids)) <= tok.vocab_size
+    assert [t["count"] for t in stats["top_tokens"]] == sorted((ids.count(i) for i in set(ids)), reverse=True)[:5]
+    assert stats["top_tokens"][0]["text"] == tok.decode([stats["top_tokens"][0]["id"]])
+    with pytest.raises(TokenizerError):
+        tokenizer_stats(tok, [""])
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from training.core import tokenizer
+
+    assert doctest.testmod(tokenizer).failed == 0
 
 
 def test_min_frequency_limits_merges(austen_sample: list[str]) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -125,6 +126,41 @@ def compression_ratio(tokenizer: "StudioTokenizer", texts: Sequence[str]) -> flo
     if n_tokens == 0:
         raise TokenizerError("no tokens in the given texts", "pass at least one non-empty text")
     return n_chars / n_tokens
+
+
+def tokenizer_stats(tokenizer: "StudioTokenizer", texts: Sequence[str], *, top_k: int = 20) -> dict[str, Any]:
+    """Coverage and compression of ``tokenizer`` on ``texts`` (for the tokenizer page and reports).
+
+    Keys: ``documents``, ``chars``, ``tokens``, ``chars_per_token``, ``tokens_per_document``,
+    ``vocab_size``, ``vocab_used`` (distinct ids seen), ``vocab_used_fraction`` and ``top_tokens``
+    (``[{"id", "token", "text", "count"}]``, most frequent first).
+
+    >>> tok = train_tokenizer(["to be or not to be"] * 10, vocab_size=280)
+    >>> s = tokenizer_stats(tok, ["to be or not to be"], top_k=1)
+    >>> s["tokens"], s["top_tokens"][0]["text"]
+    (6, ' be')
+    """
+    counts: Counter[int] = Counter()
+    n_chars = 0
+    for text, ids in zip(texts, tokenizer.encode_batch(list(texts))):
+        n_chars += len(text)
+        counts.update(ids)
+    n_tokens = sum(counts.values())
+    if n_tokens == 0:
+        raise TokenizerError("no tokens in the given texts", "pass at least one non-empty text")
+    top = [{"id": i, "token": tokenizer.id_to_token(i), "text": tokenizer.decode([i]), "count": c}
+           for i, c in counts.most_common(top_k)]
+    return {
+        "documents": len(texts),
+        "chars": n_chars,
+        "tokens": n_tokens,
+        "chars_per_token": n_chars / n_tokens,
+        "tokens_per_document": n_tokens / max(1, len(texts)),
+        "vocab_size": tokenizer.vocab_size,
+        "vocab_used": len(counts),
+        "vocab_used_fraction": len(counts) / tokenizer.vocab_size,
+        "top_tokens": top,
+    }
 
 
 # --------------------------------------------------------------------------------------------
