@@ -25,7 +25,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("fine-tuning", "Fine-tuning", "builder",
           "Supervised fine-tuning, reward models, PPO and DPO on the studio's own human feedback."),
     Stage("labeling", "Labeling", "annotator",
-          "Rate, rank and correct model answers; the judgements become training data."),
+          "Rate, rank and correct model answers; the judgements become training data.", own_pages=True),
     Stage("evaluation", "Evaluation", "builder",
           "Benchmarks, bias and fairness suites, adversarial probes and human review."),
     Stage("optimization", "Optimization", "builder",
@@ -33,7 +33,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("deploy", "Deploy", "builder",
           "Serve models through an API and export them for other runtimes."),
     Stage("reports", "Reports", "moderator",
-          "Reports of harmful or biased answers from users, triaged by moderators."),
+          "Reports of harmful or biased answers from users, triaged by moderators.", own_pages=True),
 )
 
 BY_SLUG = {stage.slug: stage for stage in STAGES}

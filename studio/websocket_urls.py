@@ -1,5 +1,6 @@
 """All websocket routes: each app contributes its own ``routing.websocket_urlpatterns``."""
 
+from labeling.routing import websocket_urlpatterns as labeling_ws
 from studio.routing import websocket_urlpatterns as studio_ws
 
-websocket_urlpatterns = [*studio_ws]
+websocket_urlpatterns = [*studio_ws, *labeling_ws]

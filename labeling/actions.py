@@ -1,0 +1,635 @@
+"""Labeling actions: the only code that changes labeling records.
+
+Every write is one transaction. On SQLite the studio opens transactions with ``BEGIN IMMEDIATE``
+(writers queue); on PostgreSQL the item row is locked with ``SELECT … FOR UPDATE`` while a slot
+is handed out, and ``unique(item, slot)`` / ``unique(item, annotator)`` reject anything that
+slips past. Events go to the project's group (``labeling.project.<id>``) for the live dashboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from labeling.imports import ItemSpec, parse_jsonl
+from labeling.models import (
+    ASSIGN_ACTIVE,
+    ASSIGN_EXPIRED,
+    ASSIGN_SKIPPED,
+    ASSIGN_SUBMITTED,
+    BIAS_KINDS,
+    CHOICES,
+    REPORT_CATEGORIES,
+    REPORT_DISMISSED,
+    REPORT_OPEN,
+    REPORT_RESOLVED,
+    REPORT_TRIAGED,
+    SEVERITIES,
+    TASK_CORRECTION,
+    TASK_PAIRWISE,
+    TASK_RANKING,
+    TASK_RATING,
+    Assignment,
+    Item,
+    ItemResponse,
+    Judgement,
+    Project,
+    Prompt,
+    Report,
+    Response,
+    Snapshot,
+)
+from studio.errors import StudioAPIError
+from studio.events import publish
+
+PROJECT_FIELDS = ("name", "description", "guidelines", "task_type", "criteria", "likert_max", "allow_strength",
+                  "overlap", "gold_rate", "annotator_cap", "lock_ttl_seconds", "edit_window_seconds",
+                  "gold_warn_accuracy", "gold_block_accuracy", "gold_min_judged", "archived")
+MAX_TIME_ON_TASK_MS = 24 * 3600 * 1000
+
+
+def _invalid(field_name: str, message: str, hint: str = "") -> StudioAPIError:
+    return StudioAPIError("invalid", f"{field_name}: {message}", hint or "Fix the field and send it again.",
+                          fields={field_name: [message]})
+
+
+# ---- projects ----------------------------------------------------------------------------------
+
+def create_project(user: Any, **fields: Any) -> Project:
+    """Create a project (builders). Unknown fields are ignored by the serializer before this."""
+    with transaction.atomic():
+        project = Project.objects.create(created_by=user, **{k: v for k, v in fields.items() if k in PROJECT_FIELDS})
+        publish("labeling.project.created", {"project": project.pk, "name": project.name}, actor=user)
+    return project
+
+
+def update_project(project: Project, user: Any, **fields: Any) -> Project:
+    """Change settings; a change of guidelines bumps ``guidelines_version`` (snapshots record it)."""
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        changed = [k for k, v in fields.items() if k in PROJECT_FIELDS and getattr(project, k) != v]
+        if "task_type" in changed and project.items.exists():
+            raise StudioAPIError("task_type_locked", "The task type cannot change once items exist.",
+                                 "Create a new project for another task type.", status_code=409)
+        for k in changed:
+            setattr(project, k, fields[k])
+        if "guidelines" in changed:
+            project.guidelines_version += 1
+        project.save()
+        if changed:
+            publish("labeling.project.updated", {"project": project.pk, "fields": changed},
+                    group=project.event_group, actor=user)
+    return project
+
+
+# ---- imports -----------------------------------------------------------------------------------
+
+@dataclass
+class ImportResult:
+    prompts: int = 0
+    responses: int = 0
+    items: int = 0
+    judgements: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    stored: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prompts": self.prompts, "responses": self.responses, "items": self.items,
+                "judgements": self.judgements, "errors": self.errors, "stored": self.stored}
+
+
+class ImportRefused(StudioAPIError):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        first = errors[0]
+        super().__init__("import_refused", f"{len(errors)} line(s) could not be imported; nothing was stored "
+                         f"(first: line {first['line']}: {first['message']}).",
+                         "Fix the listed lines, or send on_error=skip to store the good lines and skip these.",
+                         status_code=400)
+        self.errors = errors
+
+
+def _check_spec(project: Project, spec: ItemSpec) -> str | None:
+    """Why a parsed line cannot go into this project, or None."""
+    n = len(spec.responses)
+    task = project.task_type
+    if spec.kind == "item" and spec.judgement is None and n:
+        if task in (TASK_PAIRWISE, TASK_RANKING) and n < 2:
+            return f"a {task} project needs at least 2 responses per prompt (got {n})"
+        if spec.gold and task == TASK_PAIRWISE and n != 2:
+            return "a pairwise gold item needs exactly 2 responses"
+        if spec.gold and "ranking" in spec.gold and sorted(spec.gold["ranking"]) != list(range(n)):
+            return "gold 'ranking' must list every response index (0-based) once"
+    return None
+
+
+def _authors(specs: list[ItemSpec]) -> dict[str, Any]:
+    names = {r["author"] for s in specs for r in s.responses if r.get("author")}
+    if not names:
+        return {}
+    return {u.get_username(): u for u in get_user_model().objects.filter(username__in=names)}
+
+
+def _shuffle(n: int, rng: random.Random) -> list[int]:
+    order = list(range(n))
+    rng.shuffle(order)
+    return order  # order[position] = listed index
+
+
+def _store_spec(project: Project, spec: ItemSpec, user: Any, rng: random.Random, result: ImportResult,
+                authors: dict[str, Any]) -> None:
+    prompt = Prompt.objects.create(project=project, messages=spec.messages, external_id=spec.external_id,
+                                   metadata=spec.metadata)
+    result.prompts += 1
+    responses = [Response.objects.create(prompt=prompt, text=r["text"], source_kind=r["source"],
+                                         model_name=r.get("model", ""), author=authors.get(r.get("author", "")))
+                 for r in spec.responses]
+    result.responses += len(responses)
+    if not responses:
+        return
+    groups: list[list[int]]
+    if spec.kind == "item" and spec.judgement is None and project.task_type == TASK_PAIRWISE and len(responses) > 2:
+        groups = [[i, j] for i in range(len(responses)) for j in range(i + 1, len(responses))]
+    else:
+        groups = [list(range(len(responses)))]
+    for listed in groups:
+        order = _shuffle(len(listed), rng)
+        if spec.keep_order and spec.judgement is None and not spec.gold:
+            order = list(range(len(listed)))
+        task_type = TASK_PAIRWISE if spec.kind == "preference" else ""
+        item = Item.objects.create(project=project, prompt=prompt, task_type=task_type,
+                                   is_gold=bool(spec.gold) and spec.judgement is None)
+        ItemResponse.objects.bulk_create([ItemResponse(item=item, response=responses[listed[k]], position=pos)
+                                          for pos, k in enumerate(order)])
+        result.items += 1
+        # listed index of what sits at position 0 (A): choices refer to the listed order
+        swapped = len(order) == 2 and order[0] == 1
+        if spec.gold:
+            gold = dict(spec.gold)
+            if "choice" in gold and swapped:
+                gold["choice"] = {"a": "b", "b": "a"}.get(gold["choice"], gold["choice"])
+            if "ranking" in gold:
+                gold["ranking"] = [responses[listed[k]].pk for k in gold["ranking"]]
+            item.gold_answer = gold
+            item.save(update_fields=["gold_answer"])
+        if spec.judgement is not None:
+            j = dict(spec.judgement)
+            if "choice" in j and swapped:
+                j["choice"] = {"a": "b", "b": "a"}.get(j["choice"], j["choice"])
+                if j.get("strength") is not None:
+                    j["strength"] = -j["strength"]
+            Judgement.objects.create(project=project, item=item, annotator=user, imported=True, **j)
+            item.submitted_count = 1
+            item.complete = True
+            item.save(update_fields=["submitted_count", "complete"])
+            result.judgements += 1
+
+
+def import_jsonl(project: Project, user: Any, text: str, *, on_error: str = "refuse", seed: int | None = None) -> ImportResult:
+    """Import prompts, items or finished records from JSONL (see :mod:`labeling.imports`).
+
+    ``on_error="refuse"``: any bad line refuses the whole file and nothing is stored (the error lists
+    every bad line). ``on_error="skip"``: the good lines are stored and the bad ones listed.
+    Response order is randomized per item and recorded; imported judgements are remapped to it.
+    """
+    if on_error not in ("refuse", "skip"):
+        raise _invalid("on_error", "must be 'refuse' or 'skip'")
+    specs, errors = parse_jsonl(text)
+    bad = [e.as_dict() for e in errors]
+    good = []
+    for spec in specs:
+        problem = _check_spec(project, spec)
+        if problem:
+            bad.append({"line": spec.line, "message": problem})
+        else:
+            good.append(spec)
+    bad.sort(key=lambda e: e["line"])
+    if bad and on_error == "refuse":
+        raise ImportRefused(bad)
+    if not good and not bad:
+        raise StudioAPIError("empty_import", "The file has no records.", "Send one JSON object per line.")
+    result = ImportResult(errors=bad)
+    rng = random.Random(seed)
+    with transaction.atomic():
+        authors = _authors(good)
+        for spec in good:
+            _store_spec(project, spec, user, rng, result, authors)
+        publish("labeling.imported", {"project": project.pk, **{k: v for k, v in result.as_dict().items()
+                                                                 if k != "errors"}, "skipped_lines": len(bad)},
+                group=project.event_group, actor=user)
+    return result
+
+
+# ---- assignment ----------------------------------------------------------------------------------
+
+class NoItem(Exception):
+    """No item can be handed out now; ``reason`` is a stable code and ``detail`` says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def release_expired(project: Project, now: Any = None) -> int:
+    """Reclaim expired locks: their slots go back to the pool."""
+    now = now or timezone.now()
+    return Assignment.objects.filter(project=project, status=ASSIGN_ACTIVE, expires_at__lte=now).update(
+        status=ASSIGN_EXPIRED, slot=None, finished_at=now)
+
+
+def gold_standing(project: Project, user: Any) -> tuple[float | None, int]:
+    """(gold accuracy, gold judgements) of a user in a project."""
+    rows = Judgement.objects.filter(project=project, annotator=user, is_gold=True, gold_correct__isnull=False)
+    n = rows.count()
+    if not n:
+        return None, 0
+    return rows.filter(gold_correct=True).count() / n, n
+
+
+def _candidates(project: Project, user: Any, gold: bool) -> Any:
+    qs = (Item.objects.filter(project=project, is_gold=gold, complete=False)
+          .exclude(assignments__annotator=user)
+          .exclude(slots__response__author=user))  # no self-review
+    if not gold:
+        qs = qs.annotate(held=Count("assignments", filter=Q(assignments__slot__isnull=False))).filter(
+            held__lt=project.overlap)
+    return qs.order_by("id")
+
+
+def next_item(project: Project, user: Any, *, rng: random.Random | None = None) -> Assignment:
+    """Lock the next item for ``user`` (or return their current unexpired lock).
+
+    Honours overlap (slots 0..N-1 per item), expired locks (reclaimed), no self-review (items with
+    a response the user wrote are never shown to them), the per-annotator cap and the gold block
+    threshold. Gold items are mixed in at ``gold_rate``. Raises :class:`NoItem` when nothing is left.
+    """
+    if project.archived:
+        raise NoItem("archived", "This project is archived.")
+    rng = rng or random.Random()
+    now = timezone.now()
+    for _attempt in range(5):
+        try:
+            with transaction.atomic():
+                release_expired(project, now)
+                current = (Assignment.objects.filter(project=project, annotator=user, status=ASSIGN_ACTIVE)
+                           .order_by("id").first())
+                if current is not None:
+                    return current
+                accuracy, judged = gold_standing(project, user)
+                if accuracy is not None and judged >= project.gold_min_judged and accuracy < project.gold_block_accuracy:
+                    raise NoItem("gold_blocked", f"Your accuracy on gold items is {accuracy:.0%}, below the "
+                                 f"project's {project.gold_block_accuracy:.0%}; a builder must review your work.")
+                if project.annotator_cap is not None:
+                    done = Judgement.objects.filter(project=project, annotator=user, imported=False).count()
+                    if done >= project.annotator_cap:
+                        raise NoItem("cap_reached", f"You have reached this project's cap of "
+                                     f"{project.annotator_cap} judgements.")
+                item = None
+                if project.gold_rate > 0 and rng.random() < project.gold_rate:
+                    item = _candidates(project, user, gold=True).first()
+                    if item is not None:
+                        return Assignment.objects.create(project=project, item=item, annotator=user, slot=None,
+                                                         is_gold=True, expires_at=now + timedelta(
+                                                             seconds=project.lock_ttl_seconds))
+                candidate = _candidates(project, user, gold=False).first()
+                if candidate is None:
+                    raise NoItem("no_items", "Nothing left for you to label in this project right now.")
+                # PostgreSQL: lock the item row so two transactions cannot both take its last slot
+                item = Item.objects.select_for_update().get(pk=candidate.pk)
+                used = set(Assignment.objects.filter(item=item, slot__isnull=False).values_list("slot", flat=True))
+                free = [s for s in range(project.overlap) if s not in used]
+                if not free:
+                    continue
+                return Assignment.objects.create(project=project, item=item, annotator=user, slot=free[0],
+                                                 expires_at=now + timedelta(seconds=project.lock_ttl_seconds))
+        except IntegrityError:  # a concurrent transaction took the slot (PostgreSQL): try again
+            continue
+    raise NoItem("busy", "Items are being handed out to others right now; try again.")
+
+
+def skip_assignment(assignment: Assignment, user: Any) -> Assignment:
+    """Give an item back; the slot is freed and the item is not offered to this user again."""
+    with transaction.atomic():
+        a = Assignment.objects.select_for_update().get(pk=assignment.pk)
+        if a.annotator_id != user.pk:
+            raise StudioAPIError("not_your_item", "This item is locked for another annotator.",
+                                 "Ask for your next item.", status_code=403)
+        if a.status != ASSIGN_ACTIVE:
+            raise StudioAPIError("not_active", f"This assignment is {a.status}; it cannot be skipped.",
+                                 "Ask for your next item.", status_code=409)
+        a.status, a.slot, a.finished_at = ASSIGN_SKIPPED, None, timezone.now()
+        a.save(update_fields=["status", "slot", "finished_at"])
+        publish("labeling.skipped", {"project": a.project_id, "item": a.item_id},
+                group=f"labeling.project.{a.project_id}")
+    return a
+
+
+# ---- judgements --------------------------------------------------------------------------------
+
+def validate_answer(task_type: str, response_ids: list[int], data: dict[str, Any], *, allow_strength: bool = True,
+                    criteria: list[str] | None = None, likert_max: int = 5) -> dict[str, Any]:
+    """Check an answer against the task and return the judgement fields to store (pure)."""
+    out: dict[str, Any] = {}
+    if task_type == TASK_PAIRWISE:
+        choice = data.get("choice")
+        if choice not in dict(CHOICES):
+            raise _invalid("choice", "must be one of a, b, tie, both_bad")
+        out["choice"] = choice
+        strength = data.get("strength")
+        if strength is not None:
+            if not allow_strength:
+                raise _invalid("strength", "this project does not ask for a strength")
+            if not isinstance(strength, int) or isinstance(strength, bool) or not -3 <= strength <= 3:
+                raise _invalid("strength", "must be a whole number from -3 (A much better) to +3 (B much better)")
+            ok = {"a": strength < 0, "b": strength > 0, "tie": strength == 0, "both_bad": strength == 0}[choice]
+            if not ok:
+                raise _invalid("strength", f"strength {strength:+d} contradicts choice '{choice}'",
+                               "Negative strengths favour A, positive favour B, 0 is a tie.")
+            out["strength"] = strength
+    elif task_type == TASK_RANKING:
+        ranking = data.get("ranking")
+        if not isinstance(ranking, list) or sorted(ranking) != sorted(response_ids):
+            raise _invalid("ranking", f"must list every response id once, best first: {sorted(response_ids)}")
+        out["ranking"] = ranking
+    elif task_type == TASK_RATING:
+        ratings = data.get("ratings")
+        crit = criteria or []
+        if not isinstance(ratings, dict):
+            raise _invalid("ratings", "must map response id → {criterion: score}")
+        clean = {}
+        for rid in response_ids:
+            given = ratings.get(str(rid), ratings.get(rid))
+            if not isinstance(given, dict):
+                raise _invalid("ratings", f"missing ratings for response {rid}")
+            row = {}
+            for c in crit:
+                v = given.get(c)
+                if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= likert_max:
+                    raise _invalid("ratings", f"response {rid}, {c}: give a whole number from 1 to {likert_max}")
+                row[c] = v
+            clean[str(rid)] = row
+        out["ratings"] = clean
+    elif task_type == TASK_CORRECTION:
+        text = data.get("corrected_text")
+        if not isinstance(text, str) or not text.strip():
+            raise _invalid("corrected_text", "write the corrected answer")
+        out["corrected_text"] = text
+    if isinstance(data.get("corrected_text"), str) and data["corrected_text"].strip():
+        out["corrected_text"] = data["corrected_text"]  # optional rewrite on any task
+    if isinstance(data.get("comment"), str):
+        out["comment"] = data["comment"][:5000]
+    t = data.get("time_on_task_ms")
+    if t is not None:
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise _invalid("time_on_task_ms", "must be a non-negative whole number of milliseconds")
+        out["time_on_task_ms"] = min(t, MAX_TIME_ON_TASK_MS)
+    return out
+
+
+def gold_correct(item: Item, fields: dict[str, Any]) -> bool | None:
+    gold = item.gold_answer or {}
+    if not item.is_gold or not gold:
+        return None
+    if "choice" in gold:
+        return fields.get("choice") == gold["choice"]
+    if "ranking" in gold:
+        return fields.get("ranking") == gold["ranking"]
+    return None
+
+
+def _answer_fields(item: Item, data: dict[str, Any]) -> dict[str, Any]:
+    project = item.project
+    ids = list(item.slots.order_by("position").values_list("response_id", flat=True))
+    return validate_answer(item.kind, ids, data, allow_strength=project.allow_strength,
+                           criteria=project.criteria_list(), likert_max=project.likert_max)
+
+
+def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
+                     client_token: str | None = None) -> tuple[Judgement, bool]:
+    """Record a judgement for the user's locked item. Returns ``(judgement, created)``.
+
+    The same ``client_token`` sent again returns the stored judgement (``created=False``). Refused
+    with a reason: someone else's item (403), an expired lock, a skipped or already judged item (409).
+    """
+    if client_token is not None and (not isinstance(client_token, str) or not 1 <= len(client_token) <= 100):
+        raise _invalid("client_token", "must be text of 1 to 100 characters (a UUID is a good choice)")
+    with transaction.atomic():
+        if client_token:
+            existing = Judgement.objects.filter(client_token=client_token).first()
+            if existing is not None:
+                if existing.annotator_id != user.pk:
+                    raise StudioAPIError("token_in_use", "This client token belongs to another judgement.",
+                                         "Use a fresh random token per judgement.", status_code=409)
+                return existing, False
+        try:
+            a = Assignment.objects.select_for_update().select_related("item", "item__project").get(pk=assignment_id)
+        except Assignment.DoesNotExist:
+            raise StudioAPIError("not_found", f"No assignment {assignment_id}.", "Ask for your next item.",
+                                 status_code=404) from None
+        if a.annotator_id != user.pk:
+            raise StudioAPIError("not_your_item", "This item is assigned to another annotator.",
+                                 "Ask for your next item; you can only judge items locked for you.", status_code=403)
+        now = timezone.now()
+        if a.status == ASSIGN_SUBMITTED:
+            raise StudioAPIError("already_submitted", "You have already judged this item.",
+                                 "Edit your judgement instead (PATCH /api/labeling/judgements/<id>/) within the "
+                                 "edit window.", status_code=409)
+        if a.status == ASSIGN_SKIPPED:
+            raise StudioAPIError("skipped", "You skipped this item.", "Ask for your next item.", status_code=409)
+        if a.status == ASSIGN_EXPIRED or a.expires_at <= now:
+            raise StudioAPIError("lock_expired", f"Your lock on this item expired at {a.expires_at:%H:%M:%S} UTC "
+                                 "and the item may have gone to someone else.",
+                                 "Ask for your next item; answer within the project's lock time "
+                                 f"({a.project.lock_ttl_seconds} s).", status_code=409)
+        item = a.item
+        fields = _answer_fields(item, data)
+        judgement = Judgement.objects.create(
+            project_id=a.project_id, item=item, assignment=a, annotator=user, client_token=client_token or None,
+            is_gold=item.is_gold, gold_correct=gold_correct(item, fields), **fields)
+        a.status, a.finished_at = ASSIGN_SUBMITTED, now
+        a.save(update_fields=["status", "finished_at"])
+        if not item.is_gold:
+            Item.objects.filter(pk=item.pk).update(submitted_count=F("submitted_count") + 1)
+            Item.objects.filter(pk=item.pk, submitted_count__gte=item.project.overlap).update(complete=True)
+        publish("labeling.judgement", {"project": a.project_id, "item": item.pk, "judgement": judgement.pk,
+                                       "annotator": user.pk, "gold": item.is_gold},
+                group=f"labeling.project.{a.project_id}")
+    return judgement, True
+
+
+def edit_judgement(judgement: Judgement, user: Any, data: dict[str, Any]) -> Judgement:
+    """Change one's own judgement within the project's edit window."""
+    with transaction.atomic():
+        j = Judgement.objects.select_for_update().select_related("item", "project").get(pk=judgement.pk)
+        if j.annotator_id != user.pk:
+            raise StudioAPIError("not_your_judgement", "You can only edit your own judgements.",
+                                 status_code=403)
+        if j.imported:
+            raise StudioAPIError("imported", "Imported judgements cannot be edited.", status_code=409)
+        deadline = j.created_at + timedelta(seconds=j.project.edit_window_seconds)
+        if timezone.now() > deadline:
+            raise StudioAPIError("edit_window_closed", f"The edit window closed at {deadline:%Y-%m-%d %H:%M:%S} UTC.",
+                                 f"Judgements can be edited for {j.project.edit_window_seconds} s; "
+                                 "report a problem to a moderator instead.", status_code=409)
+        merged = {"choice": j.choice or None, "strength": j.strength, "ranking": j.ranking, "ratings": j.ratings,
+                  "corrected_text": j.corrected_text, "time_on_task_ms": j.time_on_task_ms}
+        merged.update({k: v for k, v in data.items() if k in merged or k == "comment"})
+        if "choice" in data and "strength" not in data:
+            merged["strength"] = None
+        fields = _answer_fields(j.item, merged)
+        for k in ("choice", "strength", "ranking", "ratings", "corrected_text"):
+            default = "" if k in ("choice", "corrected_text") else ([] if k == "ranking" else
+                                                                     ({} if k == "ratings" else None))
+            setattr(j, k, fields.get(k, default))
+        if "time_on_task_ms" in fields:
+            j.time_on_task_ms = fields["time_on_task_ms"]
+        if "comment" in fields:
+            j.comment = fields["comment"]
+        j.gold_correct = gold_correct(j.item, fields)
+        j.edit_count += 1
+        j.save()
+        publish("labeling.judgement.edited", {"project": j.project_id, "item": j.item_id, "judgement": j.pk},
+                group=f"labeling.project.{j.project_id}")
+    return j
+
+
+# ---- reports -----------------------------------------------------------------------------------
+
+def create_report(user: Any, data: dict[str, Any]) -> Report:
+    """File a report (any signed-in user). ``data`` is validated by the serializer."""
+    if data.get("category") not in dict(REPORT_CATEGORIES):
+        raise _invalid("category", f"one of {', '.join(dict(REPORT_CATEGORIES))}")
+    if data.get("bias_kind") and data.get("category") != "bias":
+        raise _invalid("bias_kind", "only for category 'bias'")
+    if data.get("bias_kind") and data["bias_kind"] not in dict(BIAS_KINDS):
+        raise _invalid("bias_kind", f"one of {', '.join(dict(BIAS_KINDS))}")
+    if data.get("severity", "medium") not in dict(SEVERITIES):
+        raise _invalid("severity", f"one of {', '.join(dict(SEVERITIES))}")
+    response = data.get("response")
+    item = data.get("item")
+    fields = {k: data[k] for k in ("category", "bias_kind", "severity", "description", "source", "model_name")
+              if data.get(k) is not None}
+    text = data.get("response_text") or (response.text if response else "")
+    messages = data.get("prompt_messages") or (response.prompt.messages if response else [])
+    project = data.get("project") or (item.project if item else (response.prompt.project if response else None))
+    if response and not fields.get("model_name"):
+        fields["model_name"] = response.model_name
+    if not text:
+        raise _invalid("response_text", "say which answer you are reporting (response_text or response)")
+    with transaction.atomic():
+        report = Report.objects.create(reporter=user, response=response, item=item, project=project,
+                                       response_text=text, prompt_messages=messages, **fields)
+        publish("labeling.report.created", {"report": report.pk, "category": report.category,
+                                            "severity": report.severity}, group="labeling.reports", actor=user)
+    return report
+
+
+def _transition(report: Report, moderator: Any, to: str, allowed_from: tuple[str, ...], **changes: Any) -> Report:
+    with transaction.atomic():
+        r = Report.objects.select_for_update().get(pk=report.pk)
+        if r.status not in allowed_from:
+            raise StudioAPIError("invalid_transition", f"A {r.status} report cannot become {to}.",
+                                 "Reports go open → triaged → resolved or dismissed.", status_code=409)
+        now = timezone.now()
+        r.status, r.moderator = to, moderator
+        if to == REPORT_TRIAGED:
+            r.triaged_at = now
+        else:
+            r.closed_at = now
+            r.triaged_at = r.triaged_at or now
+        for k, v in changes.items():
+            setattr(r, k, v)
+        r.save()
+        publish(f"labeling.report.{to}", {"report": r.pk, "category": r.category, "corrected": bool(r.corrected_text)},
+                group="labeling.reports", actor=moderator)
+    return r
+
+
+def triage_report(report: Report, moderator: Any, note: str = "", severity: str | None = None) -> Report:
+    changes: dict[str, Any] = {"resolution_note": note} if note else {}
+    if severity:
+        if severity not in dict(SEVERITIES):
+            raise _invalid("severity", f"one of {', '.join(dict(SEVERITIES))}")
+        changes["severity"] = severity
+    return _transition(report, moderator, REPORT_TRIAGED, (REPORT_OPEN,), **changes)
+
+
+def resolve_report(report: Report, moderator: Any, corrected_text: str = "", note: str = "") -> Report:
+    """Resolve; a corrected answer becomes a preference pair (corrected ≻ reported) and a KTO
+    negative in the next snapshot, keeping the report's category as metadata."""
+    return _transition(report, moderator, REPORT_RESOLVED, (REPORT_OPEN, REPORT_TRIAGED),
+                       corrected_text=corrected_text.strip(), resolution_note=note)
+
+
+def dismiss_report(report: Report, moderator: Any, note: str = "") -> Report:
+    return _transition(report, moderator, REPORT_DISMISSED, (REPORT_OPEN, REPORT_TRIAGED), resolution_note=note)
+
+
+# ---- snapshots ---------------------------------------------------------------------------------
+
+def build_snapshot_payload(project: Project | None) -> dict[str, Any]:
+    """Plain data for a snapshot: judged items with their prompts, responses (shown order) and
+    judgements, plus resolved reports that carry a correction."""
+    items_out = []
+    if project is not None:
+        items = (Item.objects.filter(project=project, judgements__isnull=False).distinct()
+                 .select_related("prompt").prefetch_related("slots__response", "judgements").order_by("id"))
+        for item in items:
+            responses = [ir.response for ir in sorted(item.slots.all(), key=lambda s: s.position)]
+            items_out.append({
+                "id": item.pk, "external_id": item.prompt.external_id, "task_type": item.kind,
+                "criteria": project.criteria_list(), "likert_max": project.likert_max,
+                "prompt": item.prompt.messages, "category": (item.prompt.metadata or {}).get("category"),
+                "gold": item.is_gold,
+                "responses": [{"id": r.pk, "text": r.text, "model": r.model_name, "source": r.source_kind}
+                              for r in responses],
+                "judgements": [{
+                    "id": j.pk, "annotator": j.annotator_id, "choice": j.choice or None, "strength": j.strength,
+                    "ranking": j.ranking, "ratings": j.ratings, "corrected_text": j.corrected_text or None,
+                    "label": j.label, "time_ms": j.time_on_task_ms, "imported": j.imported,
+                    "gold_correct": j.gold_correct, "created_at": j.created_at.isoformat(),
+                } for j in sorted(item.judgements.all(), key=lambda j: j.pk)],
+            })
+    reports = Report.objects.filter(status=REPORT_RESOLVED).exclude(corrected_text="").order_by("id")
+    reports = reports.filter(project=project) if project is not None else reports.filter(project__isnull=True)
+    reports_out = [{"id": r.pk, "prompt": r.prompt_messages or [{"role": "user", "content": ""}],
+                    "response": r.response_text, "model": r.model_name, "corrected": r.corrected_text,
+                    "category": r.category, "bias_kind": r.bias_kind or None, "severity": r.severity}
+                   for r in reports]
+    return {
+        "format": 1,
+        "project": None if project is None else {
+            "id": project.pk, "name": project.name, "task_type": project.task_type,
+            "guidelines_version": project.guidelines_version, "overlap": project.overlap},
+        "items": items_out,
+        "reports": reports_out,
+    }
+
+
+def create_snapshot(user: Any, project: Project | None, note: str = "") -> Snapshot:
+    """Freeze the current judgements and corrections as the next version (immutable)."""
+    with transaction.atomic():
+        if project is not None:
+            Project.objects.select_for_update().get(pk=project.pk)  # serialize version numbers
+        payload = build_snapshot_payload(project)
+        canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        last = Snapshot.objects.filter(project=project).order_by("-version").values_list("version", flat=True).first()
+        counts = {"items": len(payload["items"]),
+                  "judgements": sum(len(i["judgements"]) for i in payload["items"]),
+                  "reports": len(payload["reports"])}
+        snap = Snapshot.objects.create(project=project, version=(last or 0) + 1, note=note[:300],
+                                       guidelines_version=project.guidelines_version if project else None,
+                                       payload=payload, content_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+                                       counts=counts, created_by=user)
+        publish("labeling.snapshot.created", {"snapshot": snap.pk, "label": snap.label, **counts},
+                group=project.event_group if project else "labeling.reports", actor=user)
+    return snap

@@ -1,0 +1,229 @@
+"""Parsing JSONL imports into plain item specifications (no database access here).
+
+One line is one JSON object in one of these shapes (detected by its keys):
+
+- **prompt / item**: ``{"prompt": "…"}`` or ``{"messages": [{"role", "content"}, …]}``, optional
+  ``"responses": ["text", …]`` or ``[{"text", "model", "source"}, …]``, ``"id"``, ``"metadata"``,
+  ``"gold": {"choice": "a"|"b"|"tie"|"both_bad"}`` (choice refers to the responses as listed).
+- **preference** (TRL, standard or conversational, explicit or implicit prompt):
+  ``{"prompt", "chosen", "rejected"[, "margin", "id", "chosen_model", "rejected_model", "category"]}``
+- **KTO**: ``{"prompt", "completion", "label"[, "id", "model", "category"]}``
+- **SFT**: ``{"messages": [..., {"role": "assistant", …}]}`` with ``"kind": "sft"`` or an ``"id"``
+  starting with the export's lineage — a conversation ending in an assistant turn.
+- **Argilla** (v2 record export): ``{"fields": {"prompt"|"instruction", "response1", "response2"…},
+  "responses"|"values": {"<question>": …}}`` — text fields become prompt and responses.
+- **Label Studio** (JSON-min / JSON task): ``{"data": {"prompt", "answer1", "answer2"}, …}`` with an
+  optional pairwise result ``{"selected": "left"|"right"}``.
+
+:func:`parse_jsonl` returns ``(specs, errors)``; every error names its line number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = {"system", "user", "assistant"}
+PAIR_CHOICES = {"a", "b", "tie", "both_bad"}
+MAX_LINE_CHARS = 2_000_000
+
+
+@dataclass
+class ImportError_:
+    line: int
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "message": self.message}
+
+
+@dataclass
+class ItemSpec:
+    """What one import line creates: a prompt, responses (maybe none) and maybe a judgement."""
+
+    line: int
+    kind: str  # item | preference | kto | sft
+    messages: list[dict[str, str]]
+    external_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    responses: list[dict[str, str]] = field(default_factory=list)  # {"text", "model", "source"}
+    # judgement to record as imported: {"choice"/"strength"} with responses in listed order, or
+    # {"label": bool}, or {"corrected_text": str}
+    judgement: dict[str, Any] | None = None
+    gold: dict[str, Any] | None = None
+    keep_order: bool = False  # True when positions carry meaning (listed order = shown order)
+
+
+class LineError(ValueError):
+    pass
+
+
+def _messages(value: Any, what: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise LineError(f"'{what}' is empty")
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value:
+        out = []
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise LineError(f"'{what}[{i}]' must be {{\"role\": system|user|assistant, \"content\": text}}")
+            out.append({"role": m["role"], "content": m["content"]})
+        return out
+    raise LineError(f"'{what}' must be text or a non-empty list of messages")
+
+
+def _answer_text(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and value[-1].get("role") == "assistant" \
+            and isinstance(value[-1].get("content"), str):
+        return value[-1]["content"]
+    raise LineError(f"'{what}' must be text or a message list ending with an assistant turn")
+
+
+def _meta(obj: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: obj[k] for k in keys if obj.get(k) not in (None, "")}
+
+
+def _external_id(obj: dict[str, Any]) -> str:
+    value = obj.get("id", obj.get("external_id", ""))
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int)):
+        raise LineError("'id' must be text or a number")
+    return str(value)[:200]
+
+
+def _response_list(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise LineError("'responses' must be a list of texts or {\"text\", \"model\", \"source\"} objects")
+    out = []
+    for i, r in enumerate(value):
+        if isinstance(r, str):
+            out.append({"text": r, "model": "", "source": "file"})
+        elif isinstance(r, dict) and isinstance(r.get("text"), str):
+            source = r.get("source", "model" if r.get("model") else "file")
+            if source not in ("checkpoint", "model", "human", "file"):
+                raise LineError(f"'responses[{i}].source' must be checkpoint, model, human or file")
+            row = {"text": r["text"], "model": str(r.get("model") or "")[:200], "source": source}
+            if isinstance(r.get("author"), str) and r["author"]:
+                row["author"] = r["author"]  # a username: that user never reviews this response
+            out.append(row)
+        else:
+            raise LineError(f"'responses[{i}]' must be text or an object with 'text'")
+    return out
+
+
+def _implicit_prompt(chosen: list, rejected: list) -> list[dict[str, str]]:
+    prefix = []
+    for a, b in zip(chosen[:-1], rejected[:-1]):
+        if a != b:
+            break
+        prefix.append(a)
+    if not prefix:
+        raise LineError("implicit-prompt preference: 'chosen' and 'rejected' share no prompt turns")
+    return _messages(prefix, "prompt")
+
+
+def parse_line(obj: Any, line: int) -> ItemSpec:
+    """One decoded JSON object → :class:`ItemSpec` (raises :class:`LineError` with the reason)."""
+    if not isinstance(obj, dict):
+        raise LineError("each line must be a JSON object")
+    ext = _external_id(obj)
+    if "chosen" in obj and "rejected" in obj:
+        if "prompt" in obj:
+            messages = _messages(obj["prompt"], "prompt")
+        elif isinstance(obj["chosen"], list) and isinstance(obj["rejected"], list):
+            messages = _implicit_prompt(obj["chosen"], obj["rejected"])
+        else:
+            raise LineError("preference record without 'prompt' (implicit prompts need message lists)")
+        judgement: dict[str, Any] = {"choice": "a"}
+        if obj.get("margin") is not None:
+            m = obj["margin"]
+            if not isinstance(m, (int, float)) or m < 0 or m > 3 or float(m) != int(m):
+                raise LineError("'margin' must be a whole number from 0 to 3 (stored as a strength)")
+            judgement["strength"] = -int(m)
+        responses = [
+            {"text": _answer_text(obj["chosen"], "chosen"), "model": str(obj.get("chosen_model") or "")[:200],
+             "source": "human" if obj.get("chosen_model") == "human" else ("model" if obj.get("chosen_model") else "file")},
+            {"text": _answer_text(obj["rejected"], "rejected"), "model": str(obj.get("rejected_model") or "")[:200],
+             "source": "model" if obj.get("rejected_model") else "file"},
+        ]
+        return ItemSpec(line, "preference", messages, ext, _meta(obj, ("category",)), responses, judgement)
+    if "completion" in obj and "label" in obj:
+        if not isinstance(obj["label"], bool):
+            raise LineError("'label' must be true or false")
+        messages = _messages(obj.get("prompt"), "prompt")
+        model = str(obj.get("model") or "")[:200]
+        responses = [{"text": _answer_text(obj["completion"], "completion"), "model": model,
+                      "source": "human" if model == "human" else ("model" if model else "file")}]
+        return ItemSpec(line, "kto", messages, ext, _meta(obj, ("category",)), responses, {"label": obj["label"]})
+    if isinstance(obj.get("fields"), dict):  # Argilla
+        fields = obj["fields"]
+        prompt = fields.get("prompt", fields.get("instruction", fields.get("question")))
+        texts = [v for k, v in sorted(fields.items()) if k.startswith(("response", "answer", "completion"))
+                 and isinstance(v, str)]
+        return ItemSpec(line, "item", _messages(prompt, "fields.prompt"), ext or str(obj.get("id") or ""),
+                        {"imported_from": "argilla"}, [{"text": t, "model": "", "source": "file"} for t in texts],
+                        keep_order=True)
+    if isinstance(obj.get("data"), dict):  # Label Studio
+        data = obj["data"]
+        prompt = data.get("prompt", data.get("text", data.get("question")))
+        texts = [data[k] for k in ("answer1", "answer2", "response1", "response2", "left", "right")
+                 if isinstance(data.get(k), str)]
+        spec = ItemSpec(line, "item", _messages(prompt, "data.prompt"), ext, {"imported_from": "label_studio"},
+                        [{"text": t, "model": "", "source": "file"} for t in texts], keep_order=True)
+        for ann in obj.get("annotations") or []:
+            for res in (ann or {}).get("result") or []:
+                selected = ((res or {}).get("value") or {}).get("selected")
+                if selected in ("left", "right") and len(texts) == 2:
+                    spec.judgement = {"choice": "a" if selected == "left" else "b"}
+        return spec
+    if "messages" in obj and "prompt" not in obj and "responses" not in obj:
+        messages = _messages(obj["messages"], "messages")
+        if messages[-1]["role"] == "assistant" and len(messages) >= 2:  # SFT conversation
+            text = messages[-1]["content"]
+            return ItemSpec(line, "sft", messages[:-1], ext, _meta(obj, ("category",)),
+                            [{"text": text, "model": "human", "source": "human"}], {"corrected_text": text})
+    if "prompt" in obj or "messages" in obj:
+        messages = _messages(obj["prompt"] if "prompt" in obj else obj["messages"],
+                             "prompt" if "prompt" in obj else "messages")
+        if messages[-1]["role"] != "user":
+            raise LineError("a prompt must end with a user turn")
+        metadata = obj.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise LineError("'metadata' must be an object")
+        responses = _response_list(obj.get("responses", []))
+        gold = obj.get("gold")
+        if gold is not None:
+            if not isinstance(gold, dict) or ("choice" in gold and gold["choice"] not in PAIR_CHOICES):
+                raise LineError("'gold' must be {\"choice\": \"a\"|\"b\"|\"tie\"|\"both_bad\"} or {\"ranking\": [...]}")
+            if len(responses) < 1:
+                raise LineError("a gold item needs its responses")
+        return ItemSpec(line, "item", messages, ext, metadata, responses, gold=gold, keep_order=gold is not None)
+    raise LineError("unknown record: expected 'prompt'/'messages' (+ 'responses'), 'chosen'/'rejected', "
+                    "'completion'/'label', Argilla 'fields' or Label Studio 'data'")
+
+
+def parse_jsonl(text: str) -> tuple[list[ItemSpec], list[ImportError_]]:
+    """Parse every non-blank line; returns the good specs and the bad lines (1-based numbers)."""
+    specs: list[ItemSpec] = []
+    errors: list[ImportError_] = []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        if len(raw) > MAX_LINE_CHARS:
+            errors.append(ImportError_(n, f"line longer than {MAX_LINE_CHARS} characters"))
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            errors.append(ImportError_(n, f"not valid JSON: {e.msg} (column {e.colno})"))
+            continue
+        try:
+            specs.append(parse_line(obj, n))
+        except LineError as e:
+            errors.append(ImportError_(n, str(e)))
+    return specs, errors
