@@ -1,0 +1,153 @@
+"""Exports in the formats trainers know, and the export → import → export round trip."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from labeling import actions, export
+from labeling.imports import parse_jsonl
+
+PAYLOAD = {
+    "format": 1,
+    "items": [
+        {"id": 1, "external_id": "", "task_type": "pairwise", "prompt": [{"role": "user", "content": "2+2?"}],
+         "category": None, "gold": False,
+         "responses": [{"id": 10, "text": "4", "model": "big", "source": "model"},
+                       {"id": 11, "text": "5", "model": "small", "source": "model"}],
+         "judgements": [{"annotator": 1, "choice": "a", "strength": -3}, {"annotator": 2, "choice": "a", "strength": -1},
+                        {"annotator": 3, "choice": "b", "strength": None}]},
+        {"id": 2, "external_id": "q-2", "task_type": "pairwise",
+         "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye?"}],
+         "category": None, "gold": False,
+         "responses": [{"id": 20, "text": "Bye!", "model": "small", "source": "model"},
+                       {"id": 21, "text": "Goodbye, take care.", "model": "big", "source": "model"}],
+         "judgements": [{"annotator": 1, "choice": "b", "strength": None}]},
+        {"id": 3, "external_id": "", "task_type": "pairwise", "prompt": [{"role": "user", "content": "Tie?"}],
+         "category": None, "gold": False,
+         "responses": [{"id": 30, "text": "x", "model": "big", "source": "model"},
+                       {"id": 31, "text": "y", "model": "small", "source": "model"}],
+         "judgements": [{"annotator": 1, "choice": "a"}, {"annotator": 2, "choice": "b"}]},  # no majority
+        {"id": 4, "external_id": "", "task_type": "pairwise", "prompt": [{"role": "user", "content": "Insult me"}],
+         "category": None, "gold": False,
+         "responses": [{"id": 40, "text": "bad1", "model": "big", "source": "model"},
+                       {"id": 41, "text": "bad2", "model": "small", "source": "model"}],
+         "judgements": [{"annotator": 1, "choice": "both_bad"}]},
+        {"id": 5, "external_id": "", "task_type": "ranking", "prompt": [{"role": "user", "content": "Rank"}],
+         "category": None, "gold": False,
+         "responses": [{"id": 50, "text": "r0", "model": "", "source": "file"},
+                       {"id": 51, "text": "r1", "model": "", "source": "file"},
+                       {"id": 52, "text": "r2", "model": "", "source": "file"}],
+         "judgements": [{"annotator": 1, "ranking": [52, 50, 51]}, {"annotator": 2, "ranking": [52, 51, 50]},
+                        {"annotator": 3, "ranking": [50, 52, 51]}]},
+        {"id": 6, "external_id": "", "task_type": "correction", "prompt": [{"role": "user", "content": "Capital of Australia?"}],
+         "category": None, "gold": False,
+         "responses": [{"id": 60, "text": "Sydney", "model": "small", "source": "model"}],
+         "judgements": [{"annotator": 1, "corrected_text": "Canberra"}]},
+    ],
+    "reports": [{"id": 7, "prompt": [{"role": "user", "content": "Nurses?"}], "response": "Only women.",
+                 "model": "small", "corrected": "Anyone trained.", "category": "bias"}],
+}
+
+
+def test_preference_standard_majority_with_margin():
+    rows = export.preference_records(PAYLOAD, margin=True)
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r)
+    assert by_id["item-1"] == [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": 2.0, "id": "item-1",
+                                "chosen_model": "big", "rejected_model": "small", "category": None}]
+    assert by_id["q-2"][0]["prompt"] == "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello\n\nUser: Bye?"
+    assert by_id["q-2"][0]["chosen"] == "Goodbye, take care." and by_id["q-2"][0]["margin"] == 0.0
+    assert "item-3" not in by_id and "item-4" not in by_id  # no majority; both bad
+    assert [(r["chosen"], r["rejected"]) for r in by_id["item-5"]] == [("r2", "r0"), ("r2", "r1"), ("r0", "r1")]
+    assert [(r["chosen"], r["rejected"]) for r in by_id["item-6"]] == [("Canberra", "Sydney")]
+    assert by_id["report-7"][0]["category"] == "bias" and by_id["report-7"][0]["chosen"] == "Anyone trained."
+
+
+def test_preference_conversational_and_all_votes():
+    rows = export.preference_records(PAYLOAD, conversational=True, aggregate="all")
+    first = [r for r in rows if r["id"] == "item-1"]
+    assert len(first) == 3 and [r["chosen"][0]["content"] for r in first] == ["4", "4", "5"]
+    q2 = next(r for r in rows if r["id"] == "q-2")
+    assert q2["prompt"][0] == {"role": "system", "content": "Be brief."} and len(q2["prompt"]) == 4
+    assert q2["chosen"] == [{"role": "assistant", "content": "Goodbye, take care."}]
+    assert "margin" not in q2
+
+
+def test_kto_sft_and_battles():
+    kto = export.kto_records(PAYLOAD)
+    pairs = [(r["id"], r["completion"], r["label"]) for r in kto]
+    assert ("item-1", "4", True) in pairs and ("item-1", "5", False) in pairs
+    assert ("item-4", "bad1", False) in pairs and ("item-4", "bad2", False) in pairs
+    assert ("report-7", "Only women.", False) in pairs and ("report-7", "Anyone trained.", True) in pairs
+    assert all(r["category"] == "bias" for r in kto if r["id"] == "report-7")
+    sft = export.sft_records(PAYLOAD)
+    assert sft[0]["messages"][-1] == {"role": "assistant", "content": "Canberra"}
+    assert sft[1]["id"] == "report-7"
+    battles = export.battle_records(PAYLOAD)
+    assert len(battles) == 3 + 1 + 2 + 1
+    assert battles[0] == {"model_a": "big", "model_b": "small", "winner": "model_a", "judge": "annotator-1",
+                          "question_id": "item-1", "turn": 1, "anony": True, "tstamp": None, "strength": -3}
+    assert {b["winner"] for b in battles} == {"model_a", "model_b", "tie (bothbad)"}
+    assert next(b for b in battles if b["question_id"] == "q-2")["turn"] == 2
+
+
+@pytest.mark.parametrize("fmt", sorted(export.FORMATS))
+def test_parquet_reads_back(fmt):  # noqa: ANN001
+    rows = export.records(PAYLOAD, fmt)
+    assert rows
+    assert pq.read_table(io.BytesIO(export.parquet_bytes(rows))).to_pylist() == rows
+    assert export.read_parquet(export.parquet_bytes(rows)) == rows
+    assert export.read_jsonl(export.jsonl_bytes(rows)) == rows
+
+
+def test_import_parses_trl_argilla_and_label_studio():
+    lines = [
+        {"prompt": "p", "chosen": "c", "rejected": "r", "margin": 2},
+        {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}]},
+        {"prompt": "p", "completion": "c", "label": False},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"fields": {"prompt": "argilla q", "response1": "one", "response2": "two"}, "id": "ar-1"},
+        {"data": {"prompt": "ls q", "answer1": "left", "answer2": "right"},
+         "annotations": [{"result": [{"value": {"selected": "right"}}]}]},
+        {"prompt": "p", "chosen": "c", "rejected": "r", "margin": 1.5},
+        {"label": True},
+    ]
+    specs, errors = parse_jsonl("\n".join(json.dumps(x) for x in lines))
+    assert [s.kind for s in specs] == ["preference", "preference", "kto", "sft", "item", "item"]
+    assert specs[0].judgement == {"choice": "a", "strength": -2}
+    assert specs[1].messages == [{"role": "user", "content": "q"}] and specs[1].responses[0]["text"] == "good"
+    assert specs[4].external_id == "ar-1" and [r["text"] for r in specs[4].responses] == ["one", "two"]
+    assert specs[5].judgement == {"choice": "b"}
+    assert [e.line for e in errors] == [7, 8] and "margin" in errors[0].message
+
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fmt", ["preference", "preference_conversational", "kto", "kto_conversational", "sft"])
+def test_round_trip_is_lossless(fmt, builder, make_user):  # noqa: ANN001
+    """Project A's snapshot exported, imported into project B, B's snapshot exported: same records
+    (JSONL and Parquet)."""
+    src = actions.create_project(builder, name=f"src-{fmt}")
+    payload = json.loads(json.dumps(PAYLOAD))
+    for item in payload["items"]:
+        if item["task_type"] == "ranking":
+            item["external_id"] = "rank-5"
+    original = export.records(payload, fmt, margin=True) if fmt.startswith("preference") else export.records(payload, fmt)
+    assert original
+    for encode, decode in ((export.jsonl_bytes, export.read_jsonl), (export.parquet_bytes, export.read_parquet)):
+        dst = actions.create_project(builder, name=f"dst-{fmt}-{encode.__name__}")
+        rows = decode(encode(original))
+        text = "\n".join(json.dumps(r) for r in rows)
+        result = actions.import_jsonl(dst, builder, text, seed=7)
+        assert result.errors == [] and result.judgements == len(original)
+        snap = actions.create_snapshot(builder, dst)
+        again = export.records(snap.payload, fmt, margin=True) if fmt.startswith("preference") else \
+            export.records(snap.payload, fmt)
+        assert again == original
