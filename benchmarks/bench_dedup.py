@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=20000)
     ap.add_argument("--planted", type=float, default=0.1)
     ap.add_argument("--num-perm", type=int, default=128)
-    ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--threshold", type=float, default=0.7, help="similarity the LSH parameters are tuned for")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     bands, rows = optimal_params(args.threshold, args.num_perm)

@@ -1,10 +1,10 @@
-"""PII redaction: e-mails, phone numbers, IP addresses, credit cards (Luhn-checked), IBANs
+"""PII redaction: e-mails, phone numbers, IP addresses, credit cards (issuer prefix + Luhn), IBANs
 (mod-97 checked), US social security numbers, and person names when a spaCy NER model is
 installed. Each match is replaced by a typed placeholder and counted.
 
 >>> redact_pii("Mail jane.doe@example.org or call +1 (212) 555-0199.")[0]
 'Mail <EMAIL> or call <PHONE>.'
->>> luhn_valid("4111 1111 1111 1111"), iban_valid("GB82 WEST 1234 5698 7654 32")
+>>> card_valid("4111 1111 1111 1111"), iban_valid("GB82 WEST 1234 5698 7654 32")
 (True, True)
 """
 
@@ -46,6 +46,24 @@ def luhn_valid(number: str) -> bool:
     return total % 10 == 0
 
 
+_CARD_PREFIXES = (  # (issuer identification prefixes, allowed lengths)
+    (("4",), (13, 16, 19)),                                                       # Visa
+    (tuple(str(p) for p in range(51, 56)) + tuple(str(p) for p in range(2221, 2721)), (16,)),  # Mastercard
+    (("34", "37"), (15,)),                                                         # American Express
+    (("6011", "65") + tuple(str(p) for p in range(644, 650)), (16, 19)),           # Discover
+    (("36", "38", "39") + tuple(str(p) for p in range(300, 306)), (14, 16)),       # Diners Club
+    (tuple(str(p) for p in range(3528, 3590)), (16, 17, 18, 19)),                  # JCB
+    (("62",), (16, 17, 18, 19)),                                                   # UnionPay
+)
+
+
+def card_valid(number: str) -> bool:
+    """A payment card number: a known issuer prefix and length, and a valid Luhn checksum."""
+    digits = "".join(c for c in number if c.isdigit())
+    known = any(digits.startswith(prefixes) and len(digits) in lengths for prefixes, lengths in _CARD_PREFIXES)
+    return known and luhn_valid(digits)
+
+
 def iban_valid(iban: str) -> bool:
     """ISO 13616 check: known country length (when listed) and mod-97 == 1."""
     s = iban.replace(" ", "").upper()
@@ -62,10 +80,13 @@ def ssn_valid(area: str, group: str, serial: str) -> bool:
     return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
 def _phone_valid(s: str) -> bool:
     digits = sum(c.isdigit() for c in s)
     has_sep = bool(re.search(r"[ .()+-]", s))
-    return 9 <= digits <= 15 and has_sep
+    return 9 <= digits <= 15 and has_sep and not _ISO_DATE.match(s)
 
 
 @functools.lru_cache(maxsize=2)
@@ -105,7 +126,7 @@ def find_pii(text: str, entities: tuple[str, ...] = ENTITIES, *, public_ip_only:
                 add(m.start(), m.end(), "IBAN")
     if "CREDIT_CARD" in entities:
         for m in _CARD.finditer(text):
-            if luhn_valid(m.group()):
+            if card_valid(m.group()):
                 add(m.start(), m.end(), "CREDIT_CARD")
     if "US_SSN" in entities:
         for m in _SSN.finditer(text):
@@ -113,6 +134,8 @@ def find_pii(text: str, entities: tuple[str, ...] = ENTITIES, *, public_ip_only:
                 add(m.start(), m.end(), "US_SSN")
     if "IP_ADDRESS" in entities:
         for m in list(_IPV4.finditer(text)) + list(_IPV6.finditer(text)):
+            if m.group().count(":") >= 2 and sum(1 for g in m.group().split(":") if g) < 3:
+                continue  # "::" (reST), "1961::", "add::": valid IPv6 syntax, but not addresses in prose
             try:
                 ip = ipaddress.ip_address(m.group())
             except ValueError:
