@@ -48,8 +48,14 @@ _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def render_guidelines(text: str) -> str:
-    """Guidelines Markdown → HTML. Raw HTML in the source is escaped, not rendered."""
-    return _markdown.render(text or "")
+    """Guidelines Markdown → HTML. Raw HTML in the source is escaped, not rendered; headings move
+    down two levels (# → h3) so the page keeps one h1 and its own h2 sections."""
+    env: dict = {}
+    tokens = _markdown.parse(text or "", env)
+    for tok in tokens:
+        if tok.type in ("heading_open", "heading_close"):
+            tok.tag = f"h{min(int(tok.tag[1]) + 2, 6)}"
+    return _markdown.renderer.render(tokens, _markdown.options, env)
 
 
 def _require(request: Any, level: str, what: str) -> None:
