@@ -72,6 +72,7 @@ def single_process(austen_shards: dict[str, Path], tmp_path_factory: pytest.Temp
     summary = train(_config(austen_shards, tmp / "half", micro=4), stopped)
     assert summary["status"] == "cancelled" and summary["step"] == HALF
     return {"tmp": tmp, "losses": {s: m["loss"] for s, m in whole.steps},
+            "grad_norms": {s: m["grad_norm"] for s, m in whole.steps},
             "evals": {s: m["val/loss"] for s, m in whole.evals}}
 
 
@@ -86,6 +87,10 @@ def test_two_rank_fsdp_matches_one_process(austen_shards: dict[str, Path], singl
     assert sorted(losses) == list(range(1, STEPS + 1))
     for step, loss in single_process["losses"].items():
         assert losses[step] == pytest.approx(loss, abs=TOL), step
+    # clip_grad_norm_ over DTensor gradients gives the global norm
+    norms = {e["step"]: e["metrics"]["grad_norm"] for e in events if e["event"] == "step"}
+    for step, norm in single_process["grad_norms"].items():
+        assert norms[step] == pytest.approx(norm, rel=1e-4), step
     for step, loss in single_process["evals"].items():
         assert _losses(events, "eval")[step] == pytest.approx(loss, abs=TOL), step
     assert single_process["losses"][STEPS] < single_process["losses"][1] - 0.05  # it did learn something

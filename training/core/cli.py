@@ -221,6 +221,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     events = _events(args)
     tok = StudioTokenizer.load(args.tokenizer)
     texts = iter_texts(args.input, args.corpus, field=args.field, cache_dir=args.cache_dir, limit=args.limit)
+    if not args.quiet:
+        from tqdm import tqdm
+
+        texts = tqdm(texts, desc="prepare", unit="doc", file=sys.stderr, total=args.limit)
     events.on_start({"command": "prepare", "tokenizer": str(args.tokenizer), "out": str(args.out)})
     manifest = prepare_shards(texts, tok, args.out, val_fraction=args.val_fraction, seed=args.seed,
                               num_workers=args.workers)

@@ -321,9 +321,13 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
         if state["same_world_size"]:
             mlm_gen.set_state(rank_state["mlm_generator"])
         cb.on_log(f"resumed from {state['path']} at step {start_step}")
-    elif cfg.init_from:
-        load_model_weights(cfg.init_from, model, ctx=ctx)
-        cb.on_log(f"initialized weights from {cfg.init_from}")
+    else:
+        if ctx.is_main and out_dir.exists() and latest_checkpoint(out_dir) is not None:
+            cb.on_log(f"{out_dir} already holds checkpoints and resume_from is not set: starting over "
+                      "(checkpoints of the same steps are kept aside as *.superseded-*)")
+        if cfg.init_from:
+            load_model_weights(cfg.init_from, model, ctx=ctx)
+            cb.on_log(f"initialized weights from {cfg.init_from}")
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(cfg.to_json(), encoding="utf-8")
