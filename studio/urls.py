@@ -24,9 +24,11 @@ api_patterns = [
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("api/labeling/", include("labeling.api_urls")),
+    path("api/", include("training.api_urls")),
     path("api/", include(api_patterns)),
     path("admin/", admin.site.urls),
     path("", include("labeling.urls")),
+    path("", include("training.urls")),
     path("", include("frontend.urls")),
 ]
 

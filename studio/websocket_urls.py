@@ -2,5 +2,6 @@
 
 from labeling.routing import websocket_urlpatterns as labeling_ws
 from studio.routing import websocket_urlpatterns as studio_ws
+from training.routing import websocket_urlpatterns as training_ws
 
-websocket_urlpatterns = [*studio_ws, *labeling_ws]
+websocket_urlpatterns = [*studio_ws, *training_ws, *labeling_ws]

@@ -8,3 +8,6 @@ class TrainingConfig(AppConfig):
     name = "training"
     verbose_name = "Training"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from training import checks  # noqa: F401  (registers system checks)
