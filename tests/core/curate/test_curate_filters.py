@@ -63,6 +63,10 @@ def test_invalid_numbers_are_not_redacted() -> None:
     text = "Card 4111 1111 1111 1112, IBAN DE89 3704 0044 0532 0130 01, SSN 000-12-3456, IP 999.1.1.1."
     assert find_pii(text, ("IBAN", "CREDIT_CARD", "US_SSN", "IP_ADDRESS")) == []
     assert redact_pii("In 1813, 3,000 people; chapter 12.5 on 2024-01-15 at 10:30.")[1] == {}
+    # look-alikes seen in the built-in corpora: reST "::", "1864::", log dates, zero padding, long ids
+    lookalikes = ("Wrote in 1864:: and example::\n\n  2005-03-23 23:47:11 NOTE 0000000000000000 "
+                  "trace 156641360591757")
+    assert find_pii(lookalikes) == []
 
 
 def test_real_prose_has_no_pii(austen_sample: list[str]) -> None:
