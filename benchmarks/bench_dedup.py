@@ -130,7 +130,7 @@ def main() -> None:
         tp = len(found & planted)
         rows_out.append((name, secs, peak, tp / len(planted), tp / max(len(found), 1)))
     ref = rows_out[0][1]
-    print(f"| implementation | seconds | docs/s | peak traced MiB | recall | precision | speed-up |")
+    print("| implementation | seconds | docs/s | peak traced MiB | recall | precision | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for name, secs, peak, recall, precision in rows_out:
         print(f"| {name} | {secs:.2f} | {len(docs) / secs:,.0f} | {peak:.1f} | {recall:.3f} | {precision:.3f} | "

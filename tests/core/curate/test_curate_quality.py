@@ -111,4 +111,5 @@ def test_presets_side_by_side() -> None:
         GopherQualityConfig(max_hash_ratio=2.0)
     # median vs mean word length changes the verdict on a skewed document
     skewed = " ".join(["a"] * 40 + ["extraordinarily"] * 30) + " the and"
-    assert GopherQuality().violations(_doc(skewed)) != GopherQuality(GopherQualityConfig.preset("dolma")).violations(_doc(skewed))
+    dolma = GopherQuality(GopherQualityConfig.preset("dolma"))
+    assert GopherQuality().violations(_doc(skewed)) != dolma.violations(_doc(skewed))

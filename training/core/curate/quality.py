@@ -6,8 +6,8 @@ and the threshold. The thresholds of the well-known implementations are presets,
 
 >>> GopherQualityConfig.preset("dolma").word_length_stat
 'median'
->>> GopherRepetitionConfig.preset("datatrove").dup_line_char_frac, GopherRepetitionConfig.preset("dolma").dup_line_char_frac
-(0.2, 0.3)
+>>> [GopherRepetitionConfig.preset(p).dup_line_char_frac for p in ("datatrove", "dolma")]
+[0.2, 0.3]
 
 Sources: datatrove ``pipeline/filters/{gopher_quality,gopher_repetition,c4,fineweb_quality}_filter.py``;
 Dolma v1.5 Gopher rules (tagger ``gopher_v1`` + mixer thresholds); NeMo Curator
