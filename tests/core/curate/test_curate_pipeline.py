@@ -147,3 +147,29 @@ def test_docstring_examples(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(f"training.core.curate.{module}"))
     assert result.failed == 0
+
+
+def test_headless_cli_writes_documents_decisions_and_report(austen_sample: list[str], tmp_path: Path) -> None:
+    import json
+
+    from training.core.curate.__main__ import main
+
+    src = tmp_path / "mine.jsonl"
+    lines = [json.dumps({"id": f"a{i}", "text": t}) for i, t in enumerate(austen_sample[:6])]
+    lines.append(json.dumps({"text": austen_sample[0]}))  # duplicate without id
+    src.write_text("\n".join(lines) + "\n")
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps([{"step": "length", "config": {"min_words": 20}}, {"step": "exact_dedup"}]))
+    report = main(["--input", str(src), "--recipe", str(recipe), "--out", str(tmp_path / "out"),
+                   "--batch-size", "3", "--no-progress"])
+    kept = [json.loads(x) for x in (tmp_path / "out/documents.jsonl").read_text().splitlines()]
+    decisions = [json.loads(x) for x in (tmp_path / "out/decisions.jsonl").read_text().splitlines()]
+    assert [d["id"] for d in kept] == [f"a{i}" for i in range(6)] and kept[0]["source"] == "mine"
+    assert decisions == [{"doc_id": "mine/7", "step": "exact_dedup", "rule": "exact_duplicate", "action": "drop",
+                          "value": 1.0, "threshold": None, "detail": {"duplicate_of": "a0"}}]
+    assert json.loads((tmp_path / "out/report.json").read_text())["docs_out"] == report["docs_out"] == 6
+    assert not list((tmp_path / "out").glob(".*partial"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:2"):
+        main(["--input", str(bad), "--out", str(tmp_path / "out2"), "--no-progress"])
