@@ -150,3 +150,51 @@ def test_minhash_config_validation() -> None:
     with pytest.raises(ConfigError, match="threshold"):
         MinHashConfig(threshold=1.5)
     assert MinHashConfig(bands=0, rows=0, num_perm=128, threshold=0.8).band_rows() == optimal_params(0.8, 128)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_sorted_runs_match_a_dict_oracle(on_disk: bool, tmp_path) -> None:
+    from training.core.curate.dedup import SortedRuns
+
+    rng = np.random.default_rng(0)
+    runs = SortedRuns(2, tmp_path if on_disk else None)
+    oracle: list[dict[int, list[int]]] = [{}, {}]
+    value = 0
+    for size in [5, 40, 3, 17, 64, 1, 90, 2]:  # uneven batches exercise the LSM merges
+        keys = rng.integers(0, 50, size=(size, 2)).astype(np.uint64)  # many repeats
+        vals = np.arange(value, value + size)
+        value += size
+        runs.add(keys, vals)
+        for row, v in zip(keys, vals):
+            for j in range(2):
+                oracle[j].setdefault(int(row[j]), []).append(int(v))
+    assert len(runs) == value and runs.n_runs <= 4
+    queries = np.arange(0, 60, dtype=np.uint64)[:, None].repeat(2, axis=1)
+    got = runs.lookup(queries, limit=10_000)
+    for q, found in zip(range(60), got):
+        expected = sorted(set(oracle[0].get(q, []) + oracle[1].get(q, [])))
+        assert found.tolist() == expected
+    limited = runs.lookup(queries, limit=1)  # the oldest value per column and run comes first
+    for q, found in zip(range(60), limited):
+        if q in oracle[0]:
+            assert min(oracle[0][q]) in found.tolist()
+    if on_disk:
+        assert list(tmp_path.glob("*.npy"))
+    runs.close()
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_exact_and_near_dedup_on_disk_equal_in_memory(austen_sample: list[str], tmp_path) -> None:
+    texts = _paragraphs(austen_sample, 10)[:80]
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts + texts[:10] + [t.upper() for t in texts[5:15]])]
+    for make in (lambda **kw: ExactDedup(**kw), lambda **kw: NearDedup(**kw)):
+        mem, disk = make(), make(workdir=str(tmp_path / "w"))
+        a = [mem.process(docs[i:i + 9]) for i in range(0, len(docs), 9)]
+        b = [disk.process(docs[i:i + 9]) for i in range(0, len(docs), 9)]
+        assert [d["id"] for r in a for d in r.kept] == [d["id"] for r in b for d in r.kept]
+        assert [(d.doc_id, d.detail["duplicate_of"]) for r in a for d in r.decisions] == \
+            [(d.doc_id, d.detail["duplicate_of"]) for r in b for d in r.decisions]
+        assert sum(len(r.decisions) for r in a) >= 20
+        assert any((tmp_path / "w").iterdir())
+        disk.reset()
+        assert not any((tmp_path / "w").iterdir())  # the index files are removed

@@ -13,9 +13,10 @@ Near-dedup pipeline for a batch of documents (all numpy, no per-shingle Python w
    Jaccard similarity (the fraction of equal signature values) against ``threshold``.
 
 The streaming index (:class:`LSHIndex`) keeps, per kept document, its band keys in sorted runs
-(searched with ``np.searchsorted``, merged like an LSM tree) and its signature in an array that
-lives in memory or, with ``workdir``, in a file on disk: about ``12 * bands + 4 * num_perm`` bytes
-per kept document, whatever the text length.
+(:class:`SortedRuns`: searched with ``np.searchsorted``, merged like an LSM tree), its signature
+and its id: about ``16 * bands + 4 * num_perm`` bytes plus the id per kept document, whatever the
+text length; with ``workdir`` all of it lives in files (memory-mapped runs, append-only
+signatures and ids), so memory is bounded by the batch.
 
 >>> round(lsh_probability(0.8, bands=14, rows=8), 3)   # datatrove's note: 0.924
 0.924
@@ -26,7 +27,8 @@ per kept document, whatever the text length.
 from __future__ import annotations
 
 import hashlib
-import os
+import json
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,15 +58,20 @@ def content_hash(text: str, normalize: bool = True) -> int:
 
 @dataclass(frozen=True)
 class ExactDedupConfig(StepConfig):
-    """Exact dedup. ``normalize``: compare texts after lower-casing and removing punctuation/spacing."""
+    """Exact dedup. ``normalize``: compare texts after lower-casing and removing punctuation/spacing;
+    ``workdir``: folder for the on-disk index ("" keeps it in memory: about 16 bytes per distinct
+    document plus its id)."""
 
     normalize: bool = True
+    workdir: str = ""
 
 
 class ExactDedup(Step):
-    """Drop documents whose (normalized) text was seen before; rule ``exact_duplicate``.
+    """Drop documents whose (normalized) text was seen before; rule ``exact_duplicate`` with the
+    id of the first occurrence in ``detail["duplicate_of"]``.
 
-    Keeps one 8-byte hash per distinct document (a Python dict of ints to the first id).
+    The index is one sorted run set of 64-bit hashes (:class:`SortedRuns`) and the kept ids,
+    in memory or on disk under ``workdir``.
     """
 
     name = "exact_dedup"
@@ -72,23 +79,47 @@ class ExactDedup(Step):
 
     def __init__(self, config: ExactDedupConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
-        self._seen: dict[int, str] = {}
+        self._folder: Path | None = None
+        self._runs: SortedRuns | None = None
+        self._ids: _IdStore | None = None
 
     def reset(self) -> None:
-        self._seen = {}
+        if self._runs is not None:
+            self._runs.close()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+        self._folder, self._runs, self._ids = None, None, None
 
     def process(self, docs: list[Doc]) -> StepResult:
+        cfg: ExactDedupConfig = self.config  # type: ignore[assignment]
+        if self._runs is None:
+            self._folder = _private_folder(cfg.workdir, "exact-")
+            self._runs, self._ids = SortedRuns(1, self._folder), _IdStore(self._folder)
+        assert self._ids is not None
+        hashes = np.fromiter((content_hash(d["text"], cfg.normalize) for d in docs), dtype=np.uint64,
+                             count=len(docs))
+        stored = self._runs.lookup(hashes[:, None], limit=1)
+        first_in_batch: dict[int, int] = {}
         kept: list[Doc] = []
         decisions: list[Decision] = []
-        for doc in docs:
-            h = content_hash(doc["text"], self.config.normalize)  # type: ignore[attr-defined]
-            first = self._seen.get(h)
-            if first is None:
-                self._seen[h] = str(doc["id"])
-                kept.append(doc)
+        new_rows: list[int] = []
+        for q, doc in enumerate(docs):
+            h = int(hashes[q])
+            if stored[q].size:
+                first = self._ids[int(stored[q][0])]
+            elif h in first_in_batch:
+                first = str(docs[first_in_batch[h]]["id"])
             else:
-                decisions.append(Decision(str(doc["id"]), self.name, "exact_duplicate", DROP,
-                                          value=1.0, threshold=None, detail={"duplicate_of": first}))
+                first_in_batch[h] = q
+                new_rows.append(q)
+                kept.append(doc)
+                continue
+            decisions.append(Decision(str(doc["id"]), self.name, "exact_duplicate", DROP,
+                                      value=1.0, threshold=None, detail={"duplicate_of": first}))
+        if new_rows:
+            rows = np.asarray(new_rows)
+            self._runs.add(hashes[rows][:, None], np.arange(len(self._ids), len(self._ids) + rows.size))
+            self._ids.extend([str(docs[r]["id"]) for r in new_rows])
         return StepResult(kept, decisions)
 
 
@@ -330,19 +361,14 @@ def jaccard(text_a: str, text_b: str, ngram: int = 5) -> float:
 # ------------------------------------------------------------------------------------------
 
 class _SignatureStore:
-    """Append-only ``(M, P)`` uint32 signatures, in memory or in a file (``workdir``)."""
+    """Append-only ``(M, P)`` uint32 signatures, in memory or in a file under ``folder``."""
 
-    def __init__(self, num_perm: int, workdir: str = "") -> None:
+    def __init__(self, num_perm: int, folder: Path | None = None) -> None:
         self.num_perm = num_perm
         self.size = 0
-        self._path: Path | None = None
-        self._mem = np.empty((1024, num_perm), dtype=np.uint32)
+        self._path = folder / "signatures.u32" if folder is not None else None
+        self._mem = np.empty((0 if folder is not None else 1024, num_perm), dtype=np.uint32)
         self._map: np.ndarray | None = None
-        if workdir:
-            Path(workdir).mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix="minhash-", suffix=".u32", dir=workdir)
-            os.close(fd)
-            self._path = Path(name)
 
     def append(self, sig: np.ndarray) -> None:
         if sig.shape[0] == 0:
@@ -368,16 +394,139 @@ class _SignatureStore:
             self._map = np.memmap(self._path, dtype=np.uint32, mode="r", shape=(self.size, self.num_perm))
         return np.asarray(self._map[idx])
 
-    def close(self) -> None:
-        self._map = None
-        if self._path is not None and self._path.exists():
-            self._path.unlink()
 
-    def __del__(self) -> None:  # pragma: no cover - best effort cleanup
-        try:
-            self.close()
-        except Exception:
-            pass
+class _IdStore:
+    """Append-only list of document ids, in memory or in a file (8 bytes of offset per id in memory)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._ids: list[str] = []
+        self._path = folder / "ids.jsonl" if folder is not None else None
+        self._offsets = np.zeros(1, dtype=np.int64)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def extend(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        self._size += len(ids)
+        if self._path is None:
+            self._ids.extend(ids)
+            return
+        lines = [(json.dumps(i) + "\n").encode("utf-8") for i in ids]
+        with self._path.open("ab") as f:
+            f.write(b"".join(lines))
+        ends = self._offsets[-1] + np.cumsum([len(x) for x in lines])
+        self._offsets = np.concatenate([self._offsets, ends])
+
+    def __getitem__(self, i: int) -> str:
+        if self._path is None:
+            return self._ids[i]
+        with self._path.open("rb") as f:
+            f.seek(int(self._offsets[i]))
+            return json.loads(f.read(int(self._offsets[i + 1] - self._offsets[i])))
+
+
+class SortedRuns:
+    """An append-only multimap from ``K`` parallel 64-bit keys to int64 values, as sorted runs.
+
+    Each :meth:`add` becomes a run sorted per key column; runs merge like an LSM tree (a new run
+    at least half the size of the previous one is merged into it), so there are O(log N) runs
+    and each lookup is ``np.searchsorted`` per run. With ``folder`` the runs are ``.npy`` files
+    opened memory-mapped and merged column by column, so memory holds no more than two columns.
+    Equal keys keep insertion order (older values first).
+    """
+
+    def __init__(self, n_keys: int, folder: Path | None = None) -> None:
+        self.n_keys = n_keys
+        self.folder = folder
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # keys (K, M) sorted per row, vals (K, M)
+        self._serial = 0
+
+    def __len__(self) -> int:
+        return sum(r[0].shape[1] for r in self._runs)
+
+    @property
+    def n_runs(self) -> int:
+        return len(self._runs)
+
+    def _store(self, keys: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.folder is None:
+            return keys, vals
+        self._serial += 1
+        kp, vp = self.folder / f"run{self._serial}.keys.npy", self.folder / f"run{self._serial}.vals.npy"
+        np.save(kp, keys)
+        np.save(vp, vals)
+        return np.load(kp, mmap_mode="r"), np.load(vp, mmap_mode="r")
+
+    def _drop(self, run: tuple[np.ndarray, np.ndarray]) -> None:
+        for arr in run:
+            name = getattr(arr, "filename", None)
+            del arr
+            if name:
+                Path(name).unlink(missing_ok=True)
+
+    def add(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Add ``keys (M, K)`` with values ``vals (M,)``."""
+        if keys.shape[0] == 0:
+            return
+        order = np.argsort(keys, axis=0, kind="stable")  # (M, K)
+        run = self._store(np.take_along_axis(keys, order, axis=0).T.copy(), vals[order].T.copy())
+        self._runs.append(run)
+        while len(self._runs) >= 2 and self._runs[-1][0].shape[1] * 2 >= self._runs[-2][0].shape[1]:
+            new, old = self._runs.pop(), self._runs.pop()
+            self._runs.append(self._merge(old, new))
+
+    def _merge(self, old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        m = old[0].shape[1] + new[0].shape[1]
+        if self.folder is None:
+            keys, vals = np.empty((self.n_keys, m), np.uint64), np.empty((self.n_keys, m), np.int64)
+        else:
+            self._serial += 1
+            kp, vp = self.folder / f"run{self._serial}.keys.npy", self.folder / f"run{self._serial}.vals.npy"
+            keys = np.lib.format.open_memmap(kp, mode="w+", dtype=np.uint64, shape=(self.n_keys, m))
+            vals = np.lib.format.open_memmap(vp, mode="w+", dtype=np.int64, shape=(self.n_keys, m))
+        for j in range(self.n_keys):  # one key column at a time: bounded memory
+            k = np.concatenate([old[0][j], new[0][j]])
+            v = np.concatenate([old[1][j], new[1][j]])
+            order = np.argsort(k, kind="stable")
+            keys[j], vals[j] = k[order], v[order]
+        self._drop(old)
+        self._drop(new)
+        if self.folder is not None:
+            keys.flush()
+            vals.flush()
+            name_k, name_v = keys.filename, vals.filename
+            del keys, vals
+            return np.load(name_k, mmap_mode="r"), np.load(name_v, mmap_mode="r")
+        return keys, vals
+
+    def lookup(self, keys: np.ndarray, limit: int = 32) -> list[np.ndarray]:
+        """For each query row of ``keys (B, K)``: the values stored under an equal key in any
+        column (unique, at most ``limit`` per column and run, oldest first)."""
+        found: list[list[np.ndarray]] = [[] for _ in range(keys.shape[0])]
+        for run_keys, run_vals in self._runs:
+            for j in range(self.n_keys):
+                col = run_keys[j]
+                lo = np.searchsorted(col, keys[:, j], side="left")
+                hi = np.searchsorted(col, keys[:, j], side="right")
+                for q in np.flatnonzero(hi > lo):
+                    found[q].append(np.asarray(run_vals[j][lo[q]:min(hi[q], lo[q] + limit)]))
+        return [np.unique(np.concatenate(f)) if f else np.empty(0, dtype=np.int64) for f in found]
+
+    def close(self) -> None:
+        for run in self._runs:
+            self._drop(run)
+        self._runs = []
+
+
+def _private_folder(workdir: str, prefix: str) -> Path | None:
+    """A fresh folder under ``workdir`` for one index ("" = keep everything in memory)."""
+    if not workdir:
+        return None
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
 
 
 class LSHIndex:
@@ -393,39 +542,17 @@ class LSHIndex:
                  workdir: str = "", max_candidates: int = 32) -> None:
         self.bands, self.rows, self.threshold, self.verify = bands, rows, threshold, verify
         self.max_candidates = max_candidates
-        self.store = _SignatureStore(num_perm, workdir)
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (keys (bands, M) sorted, ids (bands, M))
+        self.folder = _private_folder(workdir, "lsh-")
+        self.store = _SignatureStore(num_perm, self.folder)
+        self.runs = SortedRuns(bands, self.folder)
 
     def __len__(self) -> int:
         return self.store.size
 
-    def _candidates_from_runs(self, keys: np.ndarray) -> list[np.ndarray]:
-        """Per query, the ids of stored documents sharing a band key (unique, bounded)."""
-        found: list[list[np.ndarray]] = [[] for _ in range(keys.shape[0])]
-        for run_keys, run_ids in self._runs:
-            for j in range(self.bands):
-                lo = np.searchsorted(run_keys[j], keys[:, j], side="left")
-                hi = np.searchsorted(run_keys[j], keys[:, j], side="right")
-                hits = np.flatnonzero(hi > lo)
-                for q in hits:
-                    found[q].append(run_ids[j][lo[q]:min(hi[q], lo[q] + self.max_candidates)])
-        return [np.unique(np.concatenate(f)) if f else np.empty(0, dtype=np.int64) for f in found]
-
-    def _add_run(self, keys: np.ndarray, ids: np.ndarray) -> None:
-        order = np.argsort(keys, axis=0, kind="stable")  # (M, bands)
-        run_keys = np.take_along_axis(keys, order, axis=0).T.copy()
-        run_ids = ids[order].T.copy()
-        self._runs.append((run_keys, run_ids))
-        while len(self._runs) >= 2 and self._runs[-1][0].shape[1] * 2 >= self._runs[-2][0].shape[1]:
-            (k2, i2), (k1, i1) = self._runs.pop(), self._runs.pop()
-            k, i = np.concatenate([k1, k2], axis=1), np.concatenate([i1, i2], axis=1)
-            order = np.argsort(k, axis=1, kind="stable")
-            self._runs.append((np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1)))
-
     def query_insert(self, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = signatures.shape[0]
         keys = band_keys(signatures, self.bands, self.rows)  # (B, bands)
-        stored = self._candidates_from_runs(keys)
+        stored = self.runs.lookup(keys, self.max_candidates)
         # within the batch: earlier rows sharing a band key
         earlier: list[set[int]] = [set() for _ in range(n)]
         for j in range(self.bands):
@@ -463,12 +590,16 @@ class LSHIndex:
         if kept_rows:
             rows = np.asarray(kept_rows)
             self.store.append(signatures[rows])
-            self._add_run(keys[rows], new_index[rows])
+            self.runs.add(keys[rows], new_index[rows])
         return match, sim
 
     def close(self) -> None:
-        self.store.close()
-        self._runs = []
+        """Forget the index and delete its files."""
+        self.runs.close()
+        self.store = _SignatureStore(self.store.num_perm, None)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 class NearDedup(Step):
@@ -481,12 +612,12 @@ class NearDedup(Step):
     def __init__(self, config: MinHashConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self._index: LSHIndex | None = None
-        self._ids: list[str] = []
+        self._ids = _IdStore()
 
     def reset(self) -> None:
         if self._index is not None:
             self._index.close()
-        self._index, self._ids = None, []
+        self._index, self._ids = None, _IdStore()
 
     def _get_index(self) -> LSHIndex:
         if self._index is None:
@@ -494,6 +625,7 @@ class NearDedup(Step):
             bands, rows = cfg.band_rows()
             self._index = LSHIndex(cfg.num_perm, bands, rows, cfg.threshold, cfg.verify, cfg.workdir,
                                    cfg.max_candidates)
+            self._ids = _IdStore(self._index.folder)
         return self._index
 
     def process(self, docs: list[Doc]) -> StepResult:
@@ -502,13 +634,11 @@ class NearDedup(Step):
         cfg: MinHashConfig = self.config  # type: ignore[assignment]
         sig = minhash_signatures([d["text"] for d in docs], cfg)
         match, sim = self._get_index().query_insert(sig)
-        kept: list[Doc] = []
+        kept = [doc for doc, m in zip(docs, match) if m < 0]
+        self._ids.extend([str(doc["id"]) for doc in kept])  # store positions follow this order
         decisions: list[Decision] = []
         for doc, m, s in zip(docs, match, sim):
-            if m < 0:
-                self._ids.append(str(doc["id"]))
-                kept.append(doc)
-            else:
+            if m >= 0:
                 decisions.append(Decision(str(doc["id"]), self.name, "near_duplicate", DROP, value=round(float(s), 4),
                                           threshold=cfg.threshold if cfg.verify else None,
                                           detail={"duplicate_of": self._ids[int(m)]}))
