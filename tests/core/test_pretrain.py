@@ -181,3 +181,24 @@ def test_jsonl_callbacks_write_one_event_per_line(tmp_path: Path) -> None:
     assert [e["event"] for e in lines] == ["start", "step", "eval", "end"]
     assert lines[1]["step"] == 1 and lines[1]["metrics"] == {"loss": 2.5, "grad_norm": None}  # NaN is not JSON
     assert lines[2]["metrics"]["val/loss"] == 2.0
+
+
+def test_outside_transforms_keep_outputs_and_state_dict_keys() -> None:
+    """apply_ac and apply_compile wrap blocks from outside: same logits, same checkpoint keys."""
+    from training.core.distributed import apply_ac, apply_compile
+
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, max_seq_len=16)
+    plain = Transformer(cfg)
+    plain.init_weights(seed=0)
+    tokens = torch.randint(0, 64, (2, 8))
+    expected = plain(tokens)
+    for transform in (apply_ac, lambda m: apply_compile(m, backend="eager"),
+                      lambda m: apply_compile(apply_ac(m), backend="eager")):
+        model = Transformer(cfg)
+        model.load_state_dict(plain.state_dict())
+        transform(model)
+        assert list(model.state_dict()) == list(plain.state_dict())
+        out = model(tokens)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        out.sum().backward()
+        assert all(p.grad is not None for p in model.parameters())

@@ -135,10 +135,13 @@ def apply_ac(model: nn.Module, *, preserve_rng_state: bool = False) -> nn.Module
     return model
 
 
-def apply_compile(model: nn.Module, *, fullgraph: bool = False) -> nn.Module:
-    """``torch.compile`` each transformer block in place (``Module.compile``: keys unchanged)."""
+def apply_compile(model: nn.Module, *, fullgraph: bool = False, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` each transformer block in place (``Module.compile``: keys unchanged).
+
+    Compilation happens lazily at the first forward; ``backend="eager"`` only traces (tests).
+    """
     for block in _blocks(model):
-        block.compile(fullgraph=fullgraph)
+        block.compile(fullgraph=fullgraph, backend=backend)
     return model
 
 
