@@ -302,7 +302,7 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
         return torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
     # ---- resume or start ----------------------------------------------------------------
-    start_step, tokens_seen = 0, 0
+    start_step, tokens_seen, last_ckpt = 0, 0, ""
     resume = broadcast_object(_resolve_resume(cfg) if ctx.is_main else None, ctx)
     if resume is not None:
         saved = read_checkpoint_config(resume).get("model", {})
@@ -312,7 +312,7 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
                                   "resume with the model settings of the run's config.json, or start a new run "
                                   "with init_from")
         state = load_checkpoint(resume, model, optimizer, ctx=ctx)
-        start_step = state["step"]
+        start_step, last_ckpt = state["step"], state["path"]
         scheduler.load_state_dict(state["trainer_state"]["scheduler"])
         tokens_seen = int(state["trainer_state"].get("tokens_seen", 0))
         rank_state = state["rank_state"]
@@ -356,7 +356,7 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
     model.train()
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(sampler)
     params = [p for p in model.parameters() if p.requires_grad]
-    status, step, loss_value, last_ckpt = "completed", start_step, float("nan"), ""
+    status, step, loss_value = "completed", start_step, float("nan")
     last_val: dict[str, float] = {}
     t_start = time.perf_counter()
     steps_done = 0
