@@ -202,3 +202,13 @@ def test_outside_transforms_keep_outputs_and_state_dict_keys() -> None:
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         out.sum().backward()
         assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bf16_autocast_tracks_fp32(austen_shards: dict[str, Path], tmp_path: Path) -> None:
+    """dtype='bf16' runs the forward under bf16 autocast (CPU here, CUDA on GPUs): close to fp32."""
+    fp32, bf16 = RecordingCallbacks(), RecordingCallbacks()
+    train(tiny_config(austen_shards, tmp_path / "a", steps=3, dtype="fp32"), fp32)
+    train(tiny_config(austen_shards, tmp_path / "b", steps=3, dtype="bf16"), bf16)
+    assert (fp32.info["dtype"], bf16.info["dtype"]) == ("float32", "bfloat16")
+    assert bf16.losses == pytest.approx(fp32.losses, abs=0.02)
+    assert bf16.losses != fp32.losses  # it did compute in another precision
