@@ -10,6 +10,7 @@ Long runs are downsampled: at most ``STUDIO_METRIC_POINTS`` training points are 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -112,6 +113,35 @@ class RunReporter:
             publish_run(self.run_id, "run.checkpoint", {"step": step, "path": path})
         for message in logs:
             publish_run(self.run_id, "run.log", {"message": message[:2000], "phase": self.phase})
+
+    def backfill(self, events_path: Any) -> int:
+        """Record what an earlier attempt's child wrote after its worker died (nobody was tailing):
+        steps after the last recorded one, and checkpoints not yet recorded. Returns the events added."""
+        from pathlib import Path
+
+        path = Path(events_path)
+        if not path.exists():
+            return 0
+        last = {kind: MetricPoint.objects.filter(run_id=self.run_id, kind=kind).order_by("-step")
+                .values_list("step", flat=True).first() or 0 for kind in ("train", "eval")}
+        known = set(Checkpoint.objects.filter(run_id=self.run_id).values_list("step", flat=True))
+        latest: dict[tuple[str, int], dict[str, Any]] = {}
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                kind, step = e.get("event"), e.get("step")
+                if not isinstance(step, int):
+                    continue
+                if (kind == "step" and step > last["train"]) or (kind == "eval" and step > last["eval"]) or (
+                        kind == "checkpoint" and step not in known and Path(str(e.get("path", ""))).exists()):
+                    latest[(kind, step)] = e  # a replayed step: the latest report wins
+        events = sorted(latest.values(), key=lambda e: (e["step"], e["event"] != "step"))
+        if events:
+            self.handle(events)
+        return len(events)
 
     def _on_start(self, info: dict[str, Any]) -> None:
         self.start_info = info

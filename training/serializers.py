@@ -68,7 +68,7 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = ["id", "kind", "name", "status", "config", "dataset", "tokenizer", "parent_checkpoint", "cloned_from",
-                  "nproc", "threads", "gpus", "created_at", "started_at", "finished_at", "heartbeat_at", "attempt",
+                  "nproc", "threads", "gpus", "created_at", "started_at", "finished_at", "heartbeat_at", "attempt", "pid",
                   "worker", "cancel_requested", "exit_code", "current_step", "total_steps", "progress", "error",
                   "summary", "checkpoints", "last_metrics"]
 

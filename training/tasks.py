@@ -65,11 +65,21 @@ def _run_phase(run: Run, phase: str, args: list[str], *, nproc: int = 1) -> Outc
     env = child_env(threads=run.threads, gpus=run.gpus, data_dir=settings.DATA_DIR)
     tail = EventTail(events)
     reporter = RunReporter(run.pk, phase)
+    if run.attempt > 1 and phase == "pretrain":
+        reporter.backfill(events)
     child = ChildProcess(cmd, env, run.log_path)
+
+    def on_events(batch: list[dict[str, Any]]) -> None:
+        reporter.handle(batch)
+        notes = [e.get("message", "") for e in batch if e.get("event") == "log"]
+        if notes:  # the core's notes (resumed from …, validation disabled …) belong in the run's log too
+            with open(run.log_path, "a", encoding="utf-8") as f:
+                f.writelines(f"[{phase}] {n}\n" for n in notes)
+
     try:
         actions.heartbeat(run.pk, child.pid)
         return supervise(
-            child, tail, on_events=reporter.handle,
+            child, tail, on_events=on_events,
             should_cancel=lambda: Run.objects.filter(pk=run.pk, cancel_requested=True).exists(),
             on_heartbeat=lambda: actions.heartbeat(run.pk, child.pid), grace_seconds=GRACE_SECONDS)
     finally:
