@@ -511,7 +511,9 @@ def resolve_model_ref(ref: str) -> tuple[str, str, str]:
 
 
 def chat_models() -> list[dict[str, Any]]:
-    """Models the playground offers: imported models, then the latest checkpoints of decoder runs."""
+    """Models the playground offers: imported models (SmolLM2 is registered on first use when its
+    package is installed), then the latest checkpoints of decoder runs."""
+    ensure_smollm2()
     out = [{"ref": a.ref, "name": a.name, "kind": "model"} for a in ModelArtifact.objects.filter(status="ready")]
     for ckpt in Checkpoint.objects.select_related("run").filter(run__kind="pretrain").order_by("-id")[:50]:
         if ckpt.run.config.get("objective", "clm") == "clm" and Path(ckpt.path).exists():
