@@ -213,3 +213,56 @@ def test_return_hidden_gives_normed_states():
         h = model(tokens, return_hidden=True)
         assert h.shape == (1, 5, 64)
         assert torch.allclose(model.output(h), model(tokens), atol=1e-6)
+
+
+# ---- the fused training loss ---------------------------------------------------------------
+
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Oracle: plain fp32 cross-entropy over the non-ignored targets."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("chunk", [3, 64, None])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_cross_entropy_equals_logits_then_cross_entropy(chunk, bias):
+    from training.core.model import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(9)
+    h = torch.randn(2, 13, 16, generator=g, requires_grad=True)
+    w = (torch.randn(37, 16, generator=g) * 0.3).requires_grad_()
+    b = torch.randn(37, generator=g, requires_grad=True) if bias else None
+    t = torch.randint(0, 37, (2, 13), generator=g)
+    t[0, :4] = -100
+    ref = _lm_loss(torch.nn.functional.linear(h, w, b), t)
+    ref_grads = torch.autograd.grad(ref * 2.5, [x for x in (h, w, b) if x is not None])
+    got = linear_cross_entropy(h, w, t, b, chunk_size=chunk)
+    grads = torch.autograd.grad(got * 2.5, [x for x in (h, w, b) if x is not None])
+    assert abs(got.item() - ref.item()) <= 1e-5
+    for a, r in zip(grads, ref_grads):
+        assert (a - r).abs().max().item() <= 1e-5
+    assert grads[0][0, :4].abs().max() == 0  # ignored positions get no gradient
+    # every target ignored: 0, not NaN
+    assert linear_cross_entropy(h, w, torch.full_like(t, -100)).item() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["decoder", "encoder"])
+def test_targets_path_equals_logits_path_with_the_same_gradients(mode):
+    cfg = tiny(mode=mode, tie_embeddings=mode == "encoder")
+    a, b = make(cfg), make(cfg)
+    b.load_state_dict(a.state_dict())
+    tokens = torch.randint(0, 211, (2, 12), generator=torch.Generator().manual_seed(10))
+    targets = torch.randint(0, 211, (2, 12), generator=torch.Generator().manual_seed(11))
+    if mode == "encoder":  # masked LM: only a few positions are scored
+        targets[:, ::3] = -100
+        targets[:, 1::3] = -100
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 9:] = 0
+    ref = _lm_loss(a(tokens, attention_mask=mask), targets)
+    ref.backward()
+    got = b(tokens, attention_mask=mask, targets=targets)
+    got.backward()
+    assert abs(got.item() - ref.item()) <= 1e-5
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert (pa.grad - pb.grad).abs().max().item() <= 1e-5, name
+    with torch.no_grad():  # evaluation: same value, no gradient buffers
+        assert abs(b(tokens, attention_mask=mask, targets=targets).item() - ref.item()) <= 1e-5

@@ -1,0 +1,128 @@
+"""Training throughput (forward + backward + AdamW step) of our model against transformers.
+
+Decoder: our ``Transformer`` vs ``LlamaForCausalLM`` (``attn_implementation="sdpa"``) holding the
+very same weights (through our HF export), next-token loss on the same batch.
+Encoder: our encoder (masked LM) vs ``BertForMaskedLM`` of the same width, depth, heads, FFN
+parameter count and vocabulary (dropout off: ours has none), 15% masked tokens.
+
+Both sides use the same optimizer (``torch.optim.AdamW(fused=True)``), the same threads, and are
+timed round-robin in the same process; the ratio is tokens/s ours / tokens/s reference.
+
+    python benchmarks/bench_train_step.py                 # small preset, batch 8 x 256
+    python benchmarks/bench_train_step.py --threads 1 --batch 4 --which decoder
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from _common import best, hf_llama_from, interleaved, machine_line, median  # noqa: I001
+
+from training.core.config import ModelConfig
+from training.core.losses import lm_loss, mlm_loss, mlm_mask
+from training.core.model import Transformer
+
+
+def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
+
+
+def decoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
+    torch.manual_seed(0)
+    ours = Transformer(cfg).train()
+    ref = hf_llama_from(ours).train()
+    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
+    inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    opt_ours, opt_ref = adamw(ours), adamw(ref)
+
+    def step_ours() -> float:
+        opt_ours.zero_grad(set_to_none=True)
+        loss = lm_loss(ours(inputs), targets)
+        loss.backward()
+        opt_ours.step()
+        return loss.item()
+
+    def step_ref() -> float:
+        opt_ref.zero_grad(set_to_none=True)
+        loss = ref(input_ids=inputs, labels=targets, shift_labels=targets).loss  # same targets, no re-shift
+        loss.backward()
+        opt_ref.step()
+        return loss.item()
+
+    a, b = step_ours(), step_ref()  # same weights, same batch: same loss
+    assert abs(a - b) < 1e-3, (a, b)
+    return {"ours": step_ours, "transformers LlamaForCausalLM": step_ref}
+
+
+def encoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = cfg.replace(mode="encoder", n_kv_heads=None, tie_embeddings=True, ffn_dim=None)
+    ours = Transformer(cfg).train()
+    bert_cfg = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, intermediate_size=(3 * cfg.hidden_dim) // 2,  # same FFN params
+        max_position_embeddings=seq, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        attn_implementation="sdpa", tie_word_embeddings=True,
+    )
+    ref = transformers.BertForMaskedLM(bert_cfg).train()
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(5, cfg.vocab_size, (batch, seq), generator=g)
+    inputs, labels = mlm_mask(tokens, mask_id=4, vocab_size=cfg.vocab_size, rate=0.15, generator=g)
+    opt_ours, opt_ref = adamw(ours), adamw(ref)
+
+    def step_ours() -> float:
+        opt_ours.zero_grad(set_to_none=True)
+        loss = mlm_loss(ours(inputs), labels)
+        loss.backward()
+        opt_ours.step()
+        return loss.item()
+
+    def step_ref() -> float:
+        opt_ref.zero_grad(set_to_none=True)
+        loss = ref(input_ids=inputs, labels=labels).loss
+        loss.backward()
+        opt_ref.step()
+        return loss.item()
+
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_ref = sum(p.numel() for p in ref.parameters())
+    print(f"  encoder params: ours {n_ours / 1e6:.2f}M, BERT {n_ref / 1e6:.2f}M")
+    return {"ours": step_ours, "transformers BertForMaskedLM": step_ref}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--which", choices=["decoder", "encoder", "both"], default="both")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ModelConfig.preset(args.preset, max_seq_len=max(args.seq, 64))
+    tokens = args.batch * args.seq
+    print(f"train step, preset={args.preset} batch={args.batch} seq={args.seq} ({tokens} tokens/step); "
+          f"{machine_line()}")
+    for which, build in (("decoder", decoder_steps), ("encoder", encoder_steps)):
+        if args.which not in (which, "both"):
+            continue
+        fns = build(cfg, args.batch, args.seq)
+        times = interleaved(fns, repeats=args.repeats)  # type: ignore[arg-type]
+        ours_t = best(times["ours"])
+        print(f"{which}:")
+        for name, ts in times.items():
+            print(f"  {name:32s} best {best(ts) * 1e3:8.0f} ms  median {median(ts) * 1e3:8.0f} ms  "
+                  f"{tokens / best(ts):8.0f} tokens/s")
+        ref_name = next(n for n in times if n != "ours")
+        print(f"  speedup ours vs {ref_name}: x{best(times[ref_name]) / ours_t:.2f} (best), "
+              f"x{median(times[ref_name]) / median(times['ours']):.2f} (median)")
+
+
+if __name__ == "__main__":
+    main()
