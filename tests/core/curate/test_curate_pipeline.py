@@ -91,6 +91,9 @@ def test_pipeline_stats_examples_and_callbacks(austen_sample: list[str]) -> None
     assert gopher["docs_out"] == 12 and len(gopher["examples"]["kept"]) == 2
     assert rep["chars_in"] == sum(len(d["text"]) for d in docs)
     assert rep["chars_out"] == sum(len(d["text"]) for d in kept)
+    assert rep["words_in"] == sum(len(d["text"].split()) for d in docs)
+    assert rep["words_out"] == gopher["words_out"] == sum(len(d["text"].split()) for d in kept)
+    assert length["words_in"] - length["words_out"] == 2  # "Too short."
     assert ("length", 1) in seen and ("exact_dedup", 1) in seen
     assert len(progress) == 3 and progress[-1]["docs_in"] == 14 and progress[-1]["docs_out"] == 12
 

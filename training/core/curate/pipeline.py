@@ -45,6 +45,8 @@ class StepStats:
     docs_out: int = 0
     chars_in: int = 0
     chars_out: int = 0
+    words_in: int = 0
+    words_out: int = 0
     docs_dropped: int = 0
     docs_modified: int = 0
     seconds: float = 0.0
@@ -56,6 +58,7 @@ class StepStats:
         return {
             "name": self.name, "docs_in": self.docs_in, "docs_out": self.docs_out,
             "chars_in": self.chars_in, "chars_out": self.chars_out,
+            "words_in": self.words_in, "words_out": self.words_out,
             "docs_dropped": self.docs_dropped, "docs_modified": self.docs_modified,
             "pct_docs_removed": round(100.0 * self.docs_dropped / self.docs_in, 3) if self.docs_in else 0.0,
             "pct_chars_removed": round(100.0 * (self.chars_in - self.chars_out) / self.chars_in, 3)
@@ -105,6 +108,7 @@ class Pipeline:
         self.docs_out = 0
         self.batches = 0
         self._t0: float | None = None
+        self._word_cache: dict[int, int] = {}  # id(doc) -> words, for the documents of one batch
 
     # -- recipes -------------------------------------------------------------------------------
     @classmethod
@@ -116,6 +120,13 @@ class Pipeline:
         return [{"step": s.name, "config": s.config.to_dict()} for s in self.steps]
 
     # -- running -------------------------------------------------------------------------------
+    def _words(self, doc: Doc) -> int:
+        """Whitespace words of a document, counted once per document object in a batch."""
+        n = self._word_cache.get(id(doc))
+        if n is None:
+            n = self._word_cache[id(doc)] = len(doc["text"].split())
+        return n
+
     def _record(self, i: int, docs: list[Doc], result: StepResult, seconds: float) -> None:
         st = self.stats[i]
         st.seconds += seconds
@@ -123,6 +134,8 @@ class Pipeline:
         st.docs_out += len(result.kept)
         st.chars_in += sum(len(d["text"]) for d in docs)
         st.chars_out += sum(len(d["text"]) for d in result.kept)
+        st.words_in += sum(map(self._words, docs))
+        st.words_out += sum(map(self._words, result.kept))
         by_id = {str(d["id"]): d for d in docs} if result.decisions else {}
         for dec in result.decisions:
             st.by_rule[dec.rule] += 1
@@ -147,6 +160,7 @@ class Pipeline:
             self._t0 = time.perf_counter()
         if start == 0:
             self.docs_in += len(docs)
+            self._word_cache = {}
         for i in range(start, len(self.steps)):
             if not docs:
                 break
@@ -180,6 +194,7 @@ class Pipeline:
                 if self._t0 is None:
                     self._t0 = time.perf_counter()
                 self.docs_in += len(batch)
+                self._word_cache = {}
                 cur = batch
                 for i, (result, seconds) in enumerate(results):
                     self._record(i, cur, result, seconds)
@@ -206,9 +221,9 @@ class Pipeline:
 
     def report(self) -> dict[str, Any]:
         """Per-step statistics, examples per rule, and totals."""
-        chars_in = self.stats[0].chars_in if self.stats else 0
-        chars_out = self.stats[-1].chars_out if self.stats else 0
-        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "chars_in": chars_in, "chars_out": chars_out,
+        first, last = (self.stats[0], self.stats[-1]) if self.stats else (StepStats(""), StepStats(""))
+        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "chars_in": first.chars_in,
+                "chars_out": last.chars_out, "words_in": first.words_in, "words_out": last.words_out,
                 "recipe": self.to_recipe(), "steps": [s.to_dict() for s in self.stats],
                 "skipped": {s.name: s.skipped for s in self.steps if getattr(s, "skipped", None)}}
 
