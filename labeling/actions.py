@@ -16,8 +16,9 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, Count, F, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from labeling.imports import ItemSpec, parse_jsonl
@@ -248,11 +249,11 @@ def release_expired(project: Project, now: Any = None) -> int:
 
 def gold_standing(project: Project, user: Any) -> tuple[float | None, int]:
     """(gold accuracy, gold judgements) of a user in a project."""
-    rows = Judgement.objects.filter(project=project, annotator=user, is_gold=True, gold_correct__isnull=False)
-    n = rows.count()
-    if not n:
+    counts = Judgement.objects.filter(project=project, annotator=user, is_gold=True, gold_correct__isnull=False) \
+        .aggregate(n=Count("id"), ok=Count("id", filter=Q(gold_correct=True)))
+    if not counts["n"]:
         return None, 0
-    return rows.filter(gold_correct=True).count() / n, n
+    return counts["ok"] / counts["n"], counts["n"]
 
 
 def _candidates(project: Project, user: Any, gold: bool) -> Any:
@@ -260,8 +261,11 @@ def _candidates(project: Project, user: Any, gold: bool) -> Any:
           .exclude(assignments__annotator=user)
           .exclude(slots__response__author=user))  # no self-review
     if not gold:
-        qs = qs.annotate(held=Count("assignments", filter=Q(assignments__slot__isnull=False))).filter(
-            held__lt=project.overlap)
+        # a correlated count per candidate (walked in id order, stops at the first free item) instead
+        # of a GROUP BY over every item of the project
+        held = (Assignment.objects.filter(item=OuterRef("pk"), slot__isnull=False).order_by()
+                .values("item").annotate(n=Count("id")).values("n"))
+        qs = qs.annotate(held=Coalesce(Subquery(held), 0)).filter(held__lt=project.overlap)
     return qs.order_by("id")
 
 
@@ -284,7 +288,8 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                            .order_by("id").first())
                 if current is not None:
                     return current
-                accuracy, judged = gold_standing(project, user)
+                # gold judgements accrue only while gold items are served (gold_rate > 0)
+                accuracy, judged = gold_standing(project, user) if project.gold_rate > 0 else (None, 0)
                 if accuracy is not None and judged >= project.gold_min_judged and accuracy < project.gold_block_accuracy:
                     raise NoItem("gold_blocked", f"Your accuracy on gold items is {accuracy:.0%}, below the "
                                  f"project's {project.gold_block_accuracy:.0%}; a builder must review your work.")
@@ -303,10 +308,17 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                 candidate = _candidates(project, user, gold=False).first()
                 if candidate is None:
                     raise NoItem("no_items", "Nothing left for you to label in this project right now.")
-                # PostgreSQL: lock the item row so two transactions cannot both take its last slot
-                item = Item.objects.select_for_update().get(pk=candidate.pk)
-                used = set(Assignment.objects.filter(item=item, slot__isnull=False).values_list("slot", flat=True))
-                free = [s for s in range(project.overlap) if s not in used]
+                item = candidate
+                if connection.features.has_select_for_update:
+                    # PostgreSQL: lock the item row so two transactions cannot both take its last slot
+                    # (SQLite: BEGIN IMMEDIATE already serializes writers)
+                    item = Item.objects.select_for_update().get(pk=candidate.pk)
+                if candidate.held == 0 and not connection.features.has_select_for_update:
+                    free = list(range(project.overlap))
+                else:
+                    used = set(Assignment.objects.filter(item=item, slot__isnull=False)
+                               .values_list("slot", flat=True))
+                    free = [s for s in range(project.overlap) if s not in used]
                 if not free:
                     continue
                 return Assignment.objects.create(project=project, item=item, annotator=user, slot=free[0],
@@ -458,8 +470,10 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
         a.status, a.finished_at = ASSIGN_SUBMITTED, now
         a.save(update_fields=["status", "finished_at"])
         if not item.is_gold:
-            Item.objects.filter(pk=item.pk).update(submitted_count=F("submitted_count") + 1)
-            Item.objects.filter(pk=item.pk, submitted_count__gte=item.project.overlap).update(complete=True)
+            Item.objects.filter(pk=item.pk).update(
+                submitted_count=F("submitted_count") + 1,
+                complete=Case(When(submitted_count__gte=item.project.overlap - 1, then=Value(True)),
+                              default=F("complete")))
         publish("labeling.judgement", {"project": a.project_id, "item": item.pk, "judgement": judgement.pk,
                                        "annotator": user.pk, "gold": item.is_gold},
                 group=f"labeling.project.{a.project_id}")

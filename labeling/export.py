@@ -285,3 +285,13 @@ def read_parquet(source: bytes | Path) -> list[Record]:
 
     table = pq.read_table(io.BytesIO(source) if isinstance(source, bytes) else source)
     return table.to_pylist()
+
+
+def snapshot_records(snapshot_id: int, fmt: str, **options: Any) -> tuple[str, str, list[Record]]:
+    """``(label, content_sha256, records)`` of a stored snapshot — what a training run records as
+    its data lineage (e.g. ``"helpfulness@v3"`` and the hash). Imports the Django model lazily so
+    the functions above stay usable without Django."""
+    from labeling.models import Snapshot
+
+    snap = Snapshot.objects.select_related("project").get(pk=snapshot_id)
+    return snap.label, snap.content_sha256, records(snap.payload, fmt, **options)

@@ -77,6 +77,7 @@ class ShownResponseSerializer(serializers.Serializer):
 def assignment_data(a: Assignment) -> dict[str, Any]:
     """An assignment with what the annotator sees. Model names are hidden (no identity leaks)."""
     item: Item = a.item
+    item.project = a.project
     slots = list(item.slots.select_related("response").order_by("position"))
     labels = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     project = a.project

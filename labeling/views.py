@@ -172,6 +172,7 @@ class NextItemView(APIView):
             a = actions.next_item(project, request.user)
         except actions.NoItem as e:
             return APIResponse({"assignment": None, "reason": e.reason, "detail": e.detail})
+        a.project = project
         return APIResponse(assignment_data(a))
 
 

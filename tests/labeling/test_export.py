@@ -151,3 +151,14 @@ def test_round_trip_is_lossless(fmt, builder, make_user):  # noqa: ANN001
         again = export.records(snap.payload, fmt, margin=True) if fmt.startswith("preference") else \
             export.records(snap.payload, fmt)
         assert again == original
+
+
+@pytest.mark.django_db
+def test_snapshot_records_gives_lineage(builder):  # noqa: ANN001
+    project = actions.create_project(builder, name="lineage")
+    actions.import_jsonl(project, builder, json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}))
+    snap = actions.create_snapshot(builder, project)
+    label, sha, rows = export.snapshot_records(snap.pk, "preference")
+    assert label == "lineage@v1" and sha == snap.content_sha256 and len(sha) == 64
+    assert rows == [{"prompt": "p", "chosen": "c", "rejected": "r", "id": f"item-{snap.payload['items'][0]['id']}",
+                     "chosen_model": "", "rejected_model": "", "category": None}]
