@@ -23,6 +23,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         *((f"{role.capitalize()}s", role_counts.get(role, 0)) for role in ROLES),
         ("Active API tokens", ApiToken.objects.filter(revoked_at__isnull=True).count()),
         ("Events recorded", Event.objects.count()),
+        *_training_counts(),
     ]
     recent = Event.objects.filter(group="studio").order_by("-id")[:15]
     return render(request, "frontend/dashboard.html", {
@@ -31,6 +32,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "last_event_id": recent[0].id if recent else 0,
         "can_selftest": has_access(request.user, "builder"),
     })
+
+
+def _training_counts() -> list[tuple[str, int]]:
+    from training.models import Checkpoint, Run, Tokenizer
+
+    return [("Runs", Run.objects.count()), ("Runs going", Run.objects.filter(status__in=("queued", "running")).count()),
+            ("Tokenizers", Tokenizer.objects.count()), ("Checkpoints", Checkpoint.objects.count())]
 
 
 def _stage_context(slug: str) -> dict:
