@@ -198,3 +198,17 @@ def test_exact_and_near_dedup_on_disk_equal_in_memory(austen_sample: list[str], 
         assert any((tmp_path / "w").iterdir())
         disk.reset()
         assert not any((tmp_path / "w").iterdir())  # the index files are removed
+
+
+def test_spot_check_measures_false_positives_with_exact_jaccard(austen_sample: list[str]) -> None:
+    from training.core.curate import spot_check
+
+    base, planted = _planted(austen_sample, n_base=40, n_planted=10, seed=5)
+    texts = base + [t for _, t, _ in planted]
+    dups = near_duplicates(texts)
+    good = spot_check(texts, dups, sample=100, threshold=0.8)
+    assert good["checked"] == len(dups) >= 9 and good["below_threshold"] == 0
+    assert good["interval_95"][0] == 0.0 and good["interval_95"][1] < 0.35
+    assert all(abs(p["estimated"] - p["exact"]) < 0.2 for p in good["pairs"])
+    wrong = [(len(base), 0, 0.9)]  # a pair of unrelated paragraphs claimed as duplicates
+    assert spot_check([*texts[:len(base)], texts[1]], wrong, threshold=0.8)["false_positive_rate"] == 1.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from training.core.curate import (Decontaminate, DecontamConfig, ExtractHTML, LanguageFilter, NGramIndex, Normalize,
-                                  RedactPII, ToxicityFilter, detect_language, find_pii, iban_valid, luhn_valid,
-                                  normalize_text, redact_pii)
+                                  RedactPII, ToxicityFilter, detect_language, eval_texts_from_records, find_pii,
+                                  iban_valid, luhn_valid, normalize_text, redact_pii)
 
 FRENCH = ("Il était une fois, dans un petit village au bord de la mer, une vieille femme qui vivait seule "
           "avec son chat. Chaque matin, elle allait au marché pour acheter du pain et des légumes.")
@@ -112,3 +112,13 @@ def test_html_extraction_and_normalization() -> None:
     assert normalize_text("e\u0301") == "\u00e9"  # NFC
     r = Normalize().process([{"id": "n", "text": "a  b"}, {"id": "m", "text": "ok"}])
     assert [d.doc_id for d in r.decisions] == ["n"] and r.kept[0]["text"] == "a b"
+
+
+def test_eval_records_to_texts_for_the_index(austen_sample: list[str]) -> None:
+    records = [{"question": "Which gas do plants absorb from the air during the day to build sugars?",
+                "options": ["A. oxygen", "B. carbon dioxide", "C. nitrogen"], "answer": "B", "id": 3}]
+    texts = list(eval_texts_from_records(records))
+    assert texts == [records[0]["question"], "A. oxygen B. carbon dioxide C. nitrogen", "B"]
+    step = Decontaminate(index=NGramIndex.build(texts, 13))
+    doc = {"id": "x", "text": austen_sample[0][:500] + " " + records[0]["question"]}
+    assert step.process([doc]).decisions[0].rule == "eval_overlap"

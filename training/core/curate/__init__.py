@@ -9,11 +9,12 @@ See ``docs/data-curation.md``.
 
 from training.core.curate.balance import Balance, BalanceConfig, balance, copies, sampling_factors
 from training.core.curate.base import DROP, MODIFY, Decision, Doc, FilterStep, Step, StepConfig, StepResult, batched
-from training.core.curate.decontam import DecontamConfig, Decontaminate, NGramIndex
-from training.core.curate.dedup import (ExactDedup, ExactDedupConfig, LSHIndex, MinHashConfig, NearDedup, band_keys,
+from training.core.curate.decontam import DecontamConfig, Decontaminate, NGramIndex, eval_texts_from_records
+from training.core.curate.dedup import (ExactDedup, ExactDedupConfig, LSHIndex, MinHashConfig, NearDedup, SortedRuns,
+                                        band_keys,
                                         content_hash, estimated_jaccard, false_negative_area, false_positive_area,
                                         jaccard, lsh_probability, lsh_threshold, minhash_signatures, near_duplicates,
-                                        optimal_params, s_curve)
+                                        optimal_params, s_curve, spot_check)
 from training.core.curate.extract import (ExtractConfig, ExtractHTML, Normalize, NormalizeConfig, html_to_text,
                                           normalize_text)
 from training.core.curate.filters import (LanguageConfig, LanguageFilter, ToxicityConfig, ToxicityFilter,
@@ -38,4 +39,5 @@ __all__ = [
     "fineweb_stats", "gopher_quality_stats", "gopher_repetition_stats", "html_to_text", "iban_valid", "jaccard",
     "lsh_probability", "lsh_threshold", "luhn_valid", "minhash_signatures", "near_duplicates", "normalize_text",
     "optimal_params", "presets_table", "preview", "profanity_scores", "redact_pii", "s_curve", "sampling_factors",
+    "spot_check", "eval_texts_from_records", "SortedRuns",
 ]

