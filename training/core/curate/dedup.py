@@ -478,7 +478,8 @@ class SortedRuns:
             new, old = self._runs.pop(), self._runs.pop()
             self._runs.append(self._merge(old, new))
 
-    def _merge(self, old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _merge(self, old: tuple[np.ndarray, np.ndarray],
+               new: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         m = old[0].shape[1] + new[0].shape[1]
         if self.folder is None:
             keys, vals = np.empty((self.n_keys, m), np.uint64), np.empty((self.n_keys, m), np.int64)
