@@ -229,6 +229,61 @@ def import_jsonl(project: Project, user: Any, text: str, *, on_error: str = "ref
     return result
 
 
+# ---- generated candidates ----------------------------------------------------------------------
+
+GENERATION_OPTIONS = ("k", "max_new_tokens", "temperature", "top_p", "seed", "prompt_ids")
+
+
+def request_candidates(project: Project, user: Any, models: list[dict[str, str]], **options: Any) -> dict[str, Any]:
+    """Queue candidate generation (see :func:`labeling.tasks.generate_candidates`)."""
+    from pathlib import Path
+
+    from labeling.tasks import generate_candidates_task
+
+    if not models:
+        raise _invalid("models", "name at least one model: [{\"path\": …, \"name\": …}]")
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or not m.get("path") or not m.get("name"):
+            raise _invalid("models", f"model {i}: give 'path' and 'name'")
+        if m["path"] != "smollm2" and not Path(m["path"]).exists():
+            raise _invalid("models", f"model {i}: {m['path']} does not exist on the studio's machine",
+                           "Use a checkpoint, run folder, export, Hugging Face folder or .gguf path.")
+    opts = {k: v for k, v in options.items() if k in GENERATION_OPTIONS and v is not None}
+    if not 1 <= int(opts.get("k", 2)) <= 16:
+        raise _invalid("k", "between 1 and 16 answers per prompt and model")
+    with transaction.atomic():
+        event = publish("labeling.generation.requested", {"project": project.pk, "models": [m["name"] for m in models],
+                                                          **opts}, group=project.event_group, actor=user)
+        transaction.on_commit(lambda: generate_candidates_task(project.pk, models, opts))
+    return {"queued": True, "event": event.pk}
+
+
+def add_candidates(project: Project, produced: dict[int, list[dict[str, Any]]], *,
+                   seed: int | None = None) -> dict[str, int]:
+    """Store generated answers (``{prompt id: [{"text", "model", "metadata"}]}``) and their items:
+    pairwise projects get one item per pair of distinct answers, others one item per prompt."""
+    rng = random.Random(seed)
+    counts = {"responses": 0, "items": 0}
+    with transaction.atomic():
+        for prompt_id, answers in produced.items():
+            prompt = Prompt.objects.get(pk=prompt_id, project=project)
+            responses = [Response.objects.create(prompt=prompt, text=a["text"], source_kind="checkpoint",
+                                                 model_name=a["model"][:200], metadata=a.get("metadata") or {})
+                         for a in answers]
+            counts["responses"] += len(responses)
+            if project.task_type == TASK_PAIRWISE:
+                groups = [[x, y] for i, x in enumerate(responses) for y in responses[i + 1:] if x.text != y.text]
+            else:
+                groups = [responses] if responses else []
+            for group in groups:
+                order = _shuffle(len(group), rng)
+                item = Item.objects.create(project=project, prompt=prompt)
+                ItemResponse.objects.bulk_create([ItemResponse(item=item, response=group[k], position=pos)
+                                                  for pos, k in enumerate(order)])
+                counts["items"] += 1
+    return counts
+
+
 # ---- assignment ----------------------------------------------------------------------------------
 
 class NoItem(Exception):

@@ -8,6 +8,7 @@ urlpatterns = [
     path("projects/", views.ProjectListView.as_view(), name="labeling-projects"),
     path("projects/<int:pk>/", views.ProjectDetailView.as_view(), name="labeling-project"),
     path("projects/<int:pk>/import/", views.ProjectImportView.as_view(), name="labeling-import"),
+    path("projects/<int:pk>/generate/", views.GenerateView.as_view(), name="labeling-generate"),
     path("projects/<int:pk>/next/", views.NextItemView.as_view(), name="labeling-next"),
     path("projects/<int:pk>/progress/", views.ProjectProgressView.as_view(), name="labeling-progress"),
     path("projects/<int:pk>/quality/", views.ProjectQualityView.as_view(), name="labeling-quality"),

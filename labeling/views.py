@@ -137,6 +137,32 @@ class ProjectImportView(APIView):
         return APIResponse(result.as_dict(), status=status.HTTP_201_CREATED)
 
 
+class GenerateView(APIView):
+    """Queue candidate generation: ``k`` sampled answers per prompt (those with no responses, or
+    ``prompt_ids``) from each model (``{"path", "name"}``: a checkpoint, run folder, export,
+    Hugging Face folder, .gguf, or ``smollm2``). Progress arrives as project events."""
+
+    required_role = BUILDER
+
+    @extend_schema(request=inline_serializer("GenerateRequest", {
+        "models": serializers.ListField(child=serializers.DictField()),
+        "k": serializers.IntegerField(required=False, default=2),
+        "max_new_tokens": serializers.IntegerField(required=False, default=128),
+        "temperature": serializers.FloatField(required=False, default=0.8),
+        "top_p": serializers.FloatField(required=False, allow_null=True),
+        "seed": serializers.IntegerField(required=False, default=0),
+        "prompt_ids": serializers.ListField(child=serializers.IntegerField(), required=False)}),
+        responses={202: OpenApiTypes.OBJECT})
+    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+        project = _project(pk, request.user)
+        data = request.data if isinstance(request.data, dict) else {}
+        models = data.get("models")
+        if not isinstance(models, list):
+            raise StudioAPIError("invalid", "models: a list of {\"path\", \"name\"}", fields={"models": ["required"]})
+        options = {k: data.get(k) for k in actions.GENERATION_OPTIONS}
+        return APIResponse(actions.request_candidates(project, request.user, models, **options), status=202)
+
+
 class ProjectProgressView(APIView):
     """Progress of the project and of the signed-in annotator."""
 
