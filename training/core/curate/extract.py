@@ -14,7 +14,7 @@ from training.core.curate.base import DROP, MODIFY, Decision, Doc, Step, StepCon
 
 _HTML_HINT = re.compile(r"<\s*(html|body|div|p|span|a|table|head|br|!doctype)\b", re.I)
 _INLINE_SPACE = re.compile(r"[ \t\f\v\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
-_MANY_NEWLINES = re.compile(r"\n{3,}")
+_LINE_EDGE_SPACE = re.compile(r" ?\n ?")
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\u200b\ufeff]")
 
 
@@ -116,8 +116,8 @@ def normalize_text(text: str, config: NormalizeConfig | None = None) -> str:
         text = unicodedata.normalize(cfg.form, text)
     if cfg.strip_control:
         text = _CONTROL.sub("", text)
-    if cfg.collapse_spaces:
-        text = "\n".join(_INLINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))
+    if cfg.collapse_spaces:  # whole-text substitutions: one regex pass instead of one per line
+        text = _LINE_EDGE_SPACE.sub("\n", _INLINE_SPACE.sub(" ", text))
     if cfg.max_blank_lines >= 0:
         text = re.sub(r"\n{%d,}" % (cfg.max_blank_lines + 2), "\n" * (cfg.max_blank_lines + 1), text)
     return text.strip()

@@ -27,6 +27,9 @@ _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 _SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_SSN_HINT = re.compile(r"\d{3}-\d{2}-\d{4}")  # cheap scans that skip the full patterns when nothing can match
+_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+_IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:")
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w])")
 _IBAN_LENGTHS = {"AD": 24, "AT": 20, "BE": 16, "CH": 21, "CZ": 24, "DE": 22, "DK": 18, "ES": 24, "FI": 18,
                  "FR": 27, "GB": 22, "GR": 27, "IE": 22, "IT": 27, "LU": 20, "NL": 18, "NO": 15, "PL": 28,
@@ -118,7 +121,7 @@ def find_pii(text: str, entities: tuple[str, ...] = ENTITIES, *, public_ip_only:
         if all(end <= s or start >= e for s, e, _ in spans):
             spans.append((start, end, kind))
 
-    if "EMAIL" in entities:
+    if "EMAIL" in entities and "@" in text:
         for m in _EMAIL.finditer(text):
             add(m.start(), m.end(), "EMAIL")
     if "IBAN" in entities:
@@ -129,12 +132,15 @@ def find_pii(text: str, entities: tuple[str, ...] = ENTITIES, *, public_ip_only:
         for m in _CARD.finditer(text):
             if card_valid(m.group()):
                 add(m.start(), m.end(), "CREDIT_CARD")
-    if "US_SSN" in entities:
+    if "US_SSN" in entities and _SSN_HINT.search(text):
         for m in _SSN.finditer(text):
             if ssn_valid(*m.groups()):
                 add(m.start(), m.end(), "US_SSN")
     if "IP_ADDRESS" in entities:
-        for m in list(_IPV4.finditer(text)) + list(_IPV6.finditer(text)):
+        candidates = list(_IPV4.finditer(text)) if _IPV4_HINT.search(text) else []
+        if ":" in text and _IPV6_HINT.search(text):
+            candidates += list(_IPV6.finditer(text))
+        for m in candidates:
             if m.group().count(":") >= 2 and sum(1 for g in m.group().split(":") if g) < 3:
                 continue  # "::" (reST), "1961::", "add::": valid IPv6 syntax, but not addresses in prose
             try:
