@@ -40,18 +40,21 @@ def test_toxic_documents_removed_with_reason(austen_sample: list[str]) -> None:
 
 PII_TEXT = ("Write to jane.doe@example.org or call +1 (212) 555-0199 / 020 7946 0958. "
             "Our server is 203.0.113.7, backup 2001:db8::ff00:42:8329. "
-            "Card 4111 1111 1111 1111 and 5500-0000-0000-0004. IBAN GB82 WEST 1234 5698 7654 32. SSN 123-45-6789.")
+            "Card 4111 1111 1111 1111 and 5500-0000-0000-0004. IBAN GB82 WEST 1234 5698 7654 32. SSN 123-45-6789. "
+            "NINO AB 12 34 56 C.")
+ALL_BUT_PERSON = ("EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "UK_NINO", "IP_ADDRESS", "PHONE")
 
 
 def test_every_planted_pii_type_is_redacted() -> None:
-    out, counts = redact_pii(PII_TEXT, ("EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "PHONE"))
-    assert counts == {"EMAIL": 1, "PHONE": 2, "IP_ADDRESS": 2, "CREDIT_CARD": 2, "IBAN": 1, "US_SSN": 1}
-    for secret in ("jane.doe", "555-0199", "7946", "203.0.113.7", "2001:db8", "4111", "5500", "GB82", "123-45"):
+    out, counts = redact_pii(PII_TEXT, ALL_BUT_PERSON)
+    assert counts == {"EMAIL": 1, "PHONE": 2, "IP_ADDRESS": 2, "CREDIT_CARD": 2, "IBAN": 1, "US_SSN": 1, "UK_NINO": 1}
+    for secret in ("jane.doe", "555-0199", "7946", "203.0.113.7", "2001:db8", "4111", "5500", "GB82", "123-45",
+                   "AB 12"):
         assert secret not in out
     assert out.startswith("Write to <EMAIL> or call <PHONE> / <PHONE>. Our server is <IP_ADDRESS>")
-    step = RedactPII(entities=("EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "PHONE"))
+    step = RedactPII(entities=ALL_BUT_PERSON)
     r = step.process([{"id": "p", "text": PII_TEXT}])
-    assert r.decisions[0].rule == "pii_redacted" and r.decisions[0].value == 9
+    assert r.decisions[0].rule == "pii_redacted" and r.decisions[0].value == 10
     assert r.decisions[0].detail["counts"]["CREDIT_CARD"] == 2
     drop = RedactPII(mode="drop", max_count=5).process([{"id": "p", "text": PII_TEXT}])
     assert drop.kept == [] and drop.decisions[0].rule == "pii_too_many"
@@ -60,8 +63,9 @@ def test_every_planted_pii_type_is_redacted() -> None:
 def test_invalid_numbers_are_not_redacted() -> None:
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert iban_valid("DE89370400440532013000") and not iban_valid("DE89370400440532013001")
-    text = "Card 4111 1111 1111 1112, IBAN DE89 3704 0044 0532 0130 01, SSN 000-12-3456, IP 999.1.1.1."
-    assert find_pii(text, ("IBAN", "CREDIT_CARD", "US_SSN", "IP_ADDRESS")) == []
+    text = ("Card 4111 1111 1111 1112, IBAN DE89 3704 0044 0532 0130 01, SSN 000-12-3456, IP 999.1.1.1, "
+            "NINO GB 12 34 56 A.")
+    assert find_pii(text, ("IBAN", "CREDIT_CARD", "US_SSN", "UK_NINO", "IP_ADDRESS")) == []
     assert redact_pii("In 1813, 3,000 people; chapter 12.5 on 2024-01-15 at 10:30.")[1] == {}
     # look-alikes seen in the built-in corpora: reST "::", "1864::", log dates, zero padding, long ids
     lookalikes = ("Wrote in 1864:: and example::\n\n  2005-03-23 23:47:11 NOTE 0000000000000000 "
@@ -70,7 +74,7 @@ def test_invalid_numbers_are_not_redacted() -> None:
 
 
 def test_real_prose_has_no_pii(austen_sample: list[str]) -> None:
-    step = RedactPII(entities=("EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "PHONE"))
+    step = RedactPII(entities=ALL_BUT_PERSON)
     assert step.process([{"id": str(i), "text": t} for i, t in enumerate(austen_sample)]).decisions == []
 
 

@@ -1,5 +1,6 @@
 """PII redaction: e-mails, phone numbers, IP addresses, credit cards (issuer prefix + Luhn), IBANs
-(mod-97 checked), US social security numbers, and person names when a spaCy NER model is
+(mod-97 checked), national ids (US social security and UK national insurance numbers, checked
+against their structure), and person names when a spaCy NER model is
 installed. Each match is replaced by a typed placeholder and counted.
 
 >>> redact_pii("Mail jane.doe@example.org or call +1 (212) 555-0199.")[0]
@@ -19,7 +20,7 @@ from typing import Any
 
 from training.core.curate.base import DROP, MODIFY, Decision, Doc, Step, StepConfig, StepResult, require
 
-ENTITIES = ("EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "PHONE", "PERSON")
+ENTITIES = ("EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "UK_NINO", "IP_ADDRESS", "PHONE", "PERSON")
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
@@ -27,6 +28,8 @@ _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 _SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_NINO = re.compile(r"\b([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]) ?(\d{2}) ?(\d{2}) ?(\d{2}) ?([A-D])\b")
+_NINO_BAD_PREFIXES = {"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
 _SSN_HINT = re.compile(r"\d{3}-\d{2}-\d{4}")  # cheap scans that skip the full patterns when nothing can match
 _IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
 _IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:")
@@ -136,6 +139,10 @@ def find_pii(text: str, entities: tuple[str, ...] = ENTITIES, *, public_ip_only:
         for m in _SSN.finditer(text):
             if ssn_valid(*m.groups()):
                 add(m.start(), m.end(), "US_SSN")
+    if "UK_NINO" in entities:
+        for m in _NINO.finditer(text):
+            if m.group(1) not in _NINO_BAD_PREFIXES:
+                add(m.start(), m.end(), "UK_NINO")
     if "IP_ADDRESS" in entities:
         candidates = list(_IPV4.finditer(text)) if _IPV4_HINT.search(text) else []
         if ":" in text and _IPV6_HINT.search(text):
@@ -183,7 +190,7 @@ class PIIConfig(StepConfig):
     ``"drop"`` removes documents with more than ``max_count`` matches (Dolma drops above 5);
     ``public_ip_only``: leave private/loopback IPs (datatrove's default)."""
 
-    entities: tuple[str, ...] = ("EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "PHONE", "PERSON")
+    entities: tuple[str, ...] = ENTITIES
     mode: str = "redact"
     max_count: int = 5
     public_ip_only: bool = False
