@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,23 +190,32 @@ class Pipeline:
             return
         ctx = mp.get_context("fork")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(self.steps[:split],)) as pool:
-            for batch, results in pool.imap(_work, batched(docs, batch_size), chunksize=1):
-                if self._t0 is None:
-                    self._t0 = time.perf_counter()
-                self.docs_in += len(batch)
-                self._word_cache = {}
-                cur = batch
-                for i, (result, seconds) in enumerate(results):
-                    self._record(i, cur, result, seconds)
-                    cur = result.kept
-                if split < len(self.steps) and cur:
-                    yield from self.process_batch(cur, start=split)  # counts the batch and docs out
-                else:
-                    self.docs_out += len(cur)
-                    self.batches += 1
-                    if self.on_batch is not None:
-                        self.on_batch(self.progress())
-                    yield from cur
+            pending: deque = deque()  # at most 2 batches per worker in flight: bounded memory
+            for batch in batched(docs, batch_size):
+                pending.append(pool.apply_async(_work, (batch,)))
+                if len(pending) >= 2 * workers:
+                    yield from self._finish_parallel(*pending.popleft().get(), split)
+            while pending:
+                yield from self._finish_parallel(*pending.popleft().get(), split)
+
+    def _finish_parallel(self, batch: list[Doc], results: list[tuple[StepResult, float]], split: int) -> Iterator[Doc]:
+        """Record the worker's step results for one batch, then run the remaining steps here."""
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        self.docs_in += len(batch)
+        self._word_cache = {}
+        cur = batch
+        for i, (result, seconds) in enumerate(results):
+            self._record(i, cur, result, seconds)
+            cur = result.kept
+        if split < len(self.steps) and cur:
+            yield from self.process_batch(cur, start=split)  # counts the batch and docs out
+            return
+        self.docs_out += len(cur)
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(self.progress())
+        yield from cur
 
     def run_all(self, docs: Iterable[Doc], batch_size: int = 256, workers: int = 1) -> tuple[list[Doc], dict[str, Any]]:
         """Run to completion: ``(kept documents, report)``."""
