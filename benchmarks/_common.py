@@ -18,28 +18,48 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured round-robin ``repeats`` times (after ``warmup``
-    calls each), so that machine noise spreads over all candidates instead of hitting one."""
+class Timing:
+    """Wall-clock and process CPU seconds of repeated calls of one candidate."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def best(self, kind: str = "wall") -> float:
+        """The fastest run: the least disturbed by other processes on a shared machine."""
+        return min(getattr(self, kind))
+
+    def median(self, kind: str = "wall") -> float:
+        return statistics.median(getattr(self, kind))
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, Timing]:
+    """Time each function round-robin ``repeats`` times (after ``warmup`` calls each), so that
+    machine noise spreads over all candidates instead of hitting one. CPU time (all threads of
+    the process) is recorded next to wall time: on a shared, oversubscribed machine the wall
+    clock also counts the time other jobs hold the cores, CPU time counts our own work only."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times = {name: Timing() for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].wall.append(time.perf_counter() - t0)
+            times[name].cpu.append(time.process_time() - c0)
     return times
 
 
-def best(ts: list[float]) -> float:
-    """The fastest run: the least disturbed by other processes on a shared machine."""
-    return min(ts)
-
-
-def median(ts: list[float]) -> float:
-    return statistics.median(ts)
+def report(times: dict[str, Timing], work: float, unit: str, reference: str) -> None:
+    """Print each candidate's best/median wall time and best CPU time, ``work`` units per call, and
+    the speedups of "ours" over ``reference`` (best wall, median wall, best CPU)."""
+    for name, t in times.items():
+        print(f"  {name:32s} wall best {t.best() * 1e3:8.0f} ms  median {t.median() * 1e3:8.0f} ms  "
+              f"cpu best {t.best('cpu') * 1e3:8.0f} ms  {work / t.best():9.1f} {unit}/s")
+    ours, ref = times["ours"], times[reference]
+    print(f"  speedup ours vs {reference}: x{ref.best() / ours.best():.2f} (best wall), "
+          f"x{ref.median() / ours.median():.2f} (median wall), x{ref.best('cpu') / ours.best('cpu'):.2f} (best cpu)")
 
 
 def hf_llama_from(model: torch.nn.Module, *, attn: str = "sdpa") -> torch.nn.Module:

@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from _common import best, hf_llama_from, interleaved, machine_line, median  # noqa: I001
+from _common import hf_llama_from, interleaved, machine_line, report  # noqa: I001
 
 from training.core.config import ModelConfig
 from training.core.losses import lm_loss, mlm_loss, mlm_mask
@@ -37,7 +37,14 @@ def decoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     opt_ours, opt_ref = adamw(ours), adamw(ref)
 
-    def step_ours() -> float:
+    def step_ours() -> float:  # the training path: fused, chunked output projection + cross-entropy
+        opt_ours.zero_grad(set_to_none=True)
+        loss = ours(inputs, targets=targets)
+        loss.backward()
+        opt_ours.step()
+        return loss.item()
+
+    def step_ours_logits() -> float:  # logits first, then the loss
         opt_ours.zero_grad(set_to_none=True)
         loss = lm_loss(ours(inputs), targets)
         loss.backward()
@@ -51,9 +58,11 @@ def decoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
         opt_ref.step()
         return loss.item()
 
-    a, b = step_ours(), step_ref()  # same weights, same batch: same loss
+    with torch.no_grad():  # same weights, same batch: same loss
+        a, b = ours(inputs, targets=targets).item(), ref(input_ids=inputs, labels=targets, shift_labels=targets).loss.item()
     assert abs(a - b) < 1e-3, (a, b)
-    return {"ours": step_ours, "transformers LlamaForCausalLM": step_ref}
+    return {"ours": step_ours, "ours (logits, then lm_loss)": step_ours_logits,
+            "transformers LlamaForCausalLM": step_ref}
 
 
 def encoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
@@ -74,7 +83,14 @@ def encoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
     inputs, labels = mlm_mask(tokens, mask_id=4, vocab_size=cfg.vocab_size, rate=0.15, generator=g)
     opt_ours, opt_ref = adamw(ours), adamw(ref)
 
-    def step_ours() -> float:
+    def step_ours() -> float:  # the training path: MLM head and vocabulary projection on masked positions only
+        opt_ours.zero_grad(set_to_none=True)
+        loss = ours(inputs, targets=labels)
+        loss.backward()
+        opt_ours.step()
+        return loss.item()
+
+    def step_ours_logits() -> float:  # logits at every position, then the loss
         opt_ours.zero_grad(set_to_none=True)
         loss = mlm_loss(ours(inputs), labels)
         loss.backward()
@@ -91,7 +107,8 @@ def encoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_ref = sum(p.numel() for p in ref.parameters())
     print(f"  encoder params: ours {n_ours / 1e6:.2f}M, BERT {n_ref / 1e6:.2f}M")
-    return {"ours": step_ours, "transformers BertForMaskedLM": step_ref}
+    return {"ours": step_ours, "ours (logits, then mlm_loss)": step_ours_logits,
+            "transformers BertForMaskedLM": step_ref}
 
 
 def main() -> None:
@@ -114,14 +131,8 @@ def main() -> None:
             continue
         fns = build(cfg, args.batch, args.seq)
         times = interleaved(fns, repeats=args.repeats)  # type: ignore[arg-type]
-        ours_t = best(times["ours"])
         print(f"{which}:")
-        for name, ts in times.items():
-            print(f"  {name:32s} best {best(ts) * 1e3:8.0f} ms  median {median(ts) * 1e3:8.0f} ms  "
-                  f"{tokens / best(ts):8.0f} tokens/s")
-        ref_name = next(n for n in times if n != "ours")
-        print(f"  speedup ours vs {ref_name}: x{best(times[ref_name]) / ours_t:.2f} (best), "
-              f"x{median(times[ref_name]) / median(times['ours']):.2f} (median)")
+        report(times, tokens, "tokens", next(n for n in times if n.startswith("transformers")))
 
 
 if __name__ == "__main__":

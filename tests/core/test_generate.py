@@ -163,3 +163,25 @@ def test_chat_uses_the_chat_template_and_stops_at_end_of_turn(austen_sample):
     reply = chat(model, tok, messages, max_new_tokens=12, on_text=pieces.append)
     assert reply == tok.decode(expected, skip_special_tokens=True).strip()
     assert "".join(pieces).strip() == reply
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_flat_decode_step_equals_the_model_forward(padded):
+    from training.core.model import KVCache
+    from training.core.serve.generate import decode_step
+
+    model = make(9)
+    cfg = model.cfg
+    tokens = torch.randint(0, V, (3, 7), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    if padded:
+        mask[0, :3] = False
+    steps = torch.randint(0, V, (3, 5), generator=torch.Generator().manual_seed(10))
+    with torch.inference_mode():
+        a, b = KVCache(cfg, 3, 16), KVCache(cfg, 3, 16)
+        for cache in (a, b):
+            model(tokens, attention_mask=mask if padded else None, kv_cache=cache)
+        for j in range(5):
+            ref = model(steps[:, j:j + 1], kv_cache=a, start_pos=7 + j, return_hidden=True)[:, 0]
+            got = decode_step(model, steps[:, j:j + 1], b, 7 + j)
+            assert (got - ref).abs().max().item() <= 1e-5

@@ -230,6 +230,13 @@ class KVCache:
             raise ValueError(f"KV cache is full: writing up to position {end} but max_len={self.max_len}; "
                              "allocate a larger cache")
         device = self.next_pos.device
+        if T == 1 and attention_mask is None and self.valid is not None:  # decoding a padded batch
+            self.valid[:, start_pos] = True
+            self.positions = self.next_pos[:, None].clone()  # (B, 1)
+            self.next_pos += 1
+            self.mask = self.valid[:, None, None, :end]  # (B, 1, 1, end); the new token is valid
+            self.is_causal = False
+            return
         if attention_mask is not None and self.valid is None and not bool(attention_mask.all()):
             self.valid = torch.zeros(self.batch_size, self.max_len, dtype=torch.bool, device=device)
             self.valid[:, :start_pos] = True
@@ -269,6 +276,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() and x.dtype == torch.float32:  # one fused kernel, same numbers
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)

@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training.core.model import KVCache, Transformer
+import torch.nn.functional as F
+
+from training.core.model import KVCache, Transformer, _rotate
 from training.core.serve.sampling import apply_repetition_penalty, sample_next
 
 if TYPE_CHECKING:
     from training.core.tokenizer import StudioTokenizer
 
-__all__ = ["generate", "chat", "GenerationError"]
+__all__ = ["generate", "chat", "decode_step", "GenerationError"]
 
 TokenCallback = Callable[[int, int], Any]  # (row, token_id)
 
@@ -37,6 +39,43 @@ class GenerationError(ValueError):
         self.message = message
         self.hint = hint
         super().__init__(message + (f" (hint: {hint})" if hint else ""))
+
+
+def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+    """One decoding step: final-normed hidden states ``(B, C)`` of ``tokens`` ``(B, 1)`` at ``pos``.
+
+    The same maths as ``model(tokens, kv_cache=cache, start_pos=pos, return_hidden=True)``
+    (tests check they agree), written as a flat sequence of functional calls on the model's own
+    weights: no module dispatch, fused RMSNorm kernels, rotary on q and k without autograd. At
+    one token per row the step is bound by Python and kernel-launch overhead, so this is what
+    makes small models decode fast.
+    """
+    cfg = model.cfg
+    B = tokens.shape[0]
+    H, Hk, D, C = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.dim
+    eps, gqa = cfg.norm_eps, cfg.n_heads != cfg.kv_heads
+    cache.prepare(pos, 1, None)
+    if cache.positions is None:
+        cos, sin = model.rope_cos[pos:pos + 1, None], model.rope_sin[pos:pos + 1, None]  # (1, 1, D/2)
+    else:
+        cos, sin = model.rope_cos[cache.positions][:, :, None], model.rope_sin[cache.positions][:, :, None]
+    cos, sin = cos.to(model.tok_embeddings.weight.dtype), sin.to(model.tok_embeddings.weight.dtype)
+    mask, end = cache.mask, pos + 1
+    h = F.embedding(tokens, model.tok_embeddings.weight)  # (B, 1, C)
+    for i, layer in enumerate(model.layers):
+        a, f = layer.attention, layer.feed_forward
+        x = F.rms_norm(h, (C,), layer.attention_norm.weight, eps)
+        q = _rotate(F.linear(x, a.wq.weight).view(B, 1, H, D), cos, sin, 1.0).transpose(1, 2)  # (B, H, 1, D)
+        k = _rotate(F.linear(x, a.wk.weight).view(B, 1, Hk, D), cos, sin, 1.0).transpose(1, 2)  # (B, Hk, 1, D)
+        v = F.linear(x, a.wv.weight).view(B, 1, Hk, D).transpose(1, 2)
+        cache.k[i][:, :, pos:end] = k
+        cache.v[i][:, :, pos:end] = v
+        y = F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], attn_mask=mask,
+                                           enable_gqa=gqa)  # (B, H, 1, D)
+        h = h + F.linear(y.transpose(1, 2).reshape(B, 1, H * D), a.wo.weight)
+        x = F.rms_norm(h, (C,), layer.ffn_norm.weight, eps)
+        h = h + F.linear(F.silu(F.linear(x, f.w1.weight)) * F.linear(x, f.w3.weight), f.w2.weight)
+    return F.rms_norm(h[:, 0], (C,), model.norm.weight, eps)  # (B, C)
 
 
 @torch.inference_mode()
@@ -134,7 +173,7 @@ def generate(
             break
         if seen is not None:
             seen.scatter_(1, nxt[:, None], ~done[:, None])
-        hidden = model(nxt[:, None], kv_cache=cache, start_pos=pos, return_hidden=True)  # (B, 1, C)
+        hidden = decode_step(model, nxt[:, None], cache, pos)[:, None]  # (B, 1, C)
         pos += 1
     return outputs
 
