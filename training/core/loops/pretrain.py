@@ -127,7 +127,7 @@ def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
     For ``mlm`` the masks come from a generator seeded by ``cfg.seed`` so that every
     evaluation scores the same positions.
     """
-    from training.core.losses import lm_loss, perplexity
+    from training.core.losses import perplexity
 
     was_training = model.training
     model.eval()
@@ -139,9 +139,9 @@ def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
             assert tokenizer_info is not None
             inputs, targets = mlm_batch(inputs, tokenizer_info, cfg.mlm_rate, gen)
         with amp or nullcontext():
-            logits = model(inputs)  # (B, T, V)
+            loss = model(inputs, targets=targets)  # mean over the scored tokens (fused head + loss)
         count = (targets != -100).sum()
-        total[0] += lm_loss(logits, targets).double() * count
+        total[0] += loss.double() * count
         total[1] += count
     if ctx.is_distributed:
         torch.distributed.all_reduce(total)
@@ -160,8 +160,6 @@ def forward_backward(model: nn.Module, micro: list[tuple[torch.Tensor, torch.Ten
     one big batch, whatever the split into micro-batches and ranks. FSDP averages gradients
     over ranks, hence the ``world_size`` factor. Returns that global mean loss (all ranks agree).
     """
-    from training.core.losses import lm_loss
-
     counts = torch.stack([(t != -100).sum() for _, t in micro]).double()  # (accum,)
     global_count = counts.sum()
     if ctx.is_distributed:
@@ -170,8 +168,9 @@ def forward_backward(model: nn.Module, micro: list[tuple[torch.Tensor, torch.Ten
     step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
     for (inputs, targets), count in zip(micro, counts):
         with amp():
-            logits = model(inputs)  # (B, T, V)
-        loss = lm_loss(logits, targets)  # mean over this micro-batch's scored tokens
+            # mean cross-entropy over this micro-batch's scored tokens, = lm_loss(model(inputs), targets)
+            # but fused and chunked so the (B, T, V) logits are never stored
+            loss = model(inputs, targets=targets)
         (loss * (float(count) * ctx.world_size / total)).backward()
         step_loss += loss.detach().double() * count
     if ctx.is_distributed:
