@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.core.curate.base import DROP, Decision, Doc, FilterStep, StepConfig, StepResult, require
+from training.core.curate.base import DROP, Decision, Doc, Step, StepConfig, StepResult, require
 from training.core.curate.dedup import shingle_hashes_batch
 
 
@@ -104,7 +104,7 @@ class DecontamConfig(StepConfig):
         return f"DecontamConfig(eval_texts=<{len(self.eval_texts)} texts>, n={self.n}, min_matches={self.min_matches})"
 
 
-class Decontaminate(FilterStep):
+class Decontaminate(Step):
     """Drop documents that contain evaluation text (rule ``eval_overlap``, value = matching n-grams).
 
     Pass ``index=`` to reuse an :class:`NGramIndex` built once from the evaluation sets instead of
@@ -139,6 +139,3 @@ class Decontaminate(FilterStep):
             else:
                 kept.append(doc)
         return StepResult(kept, decisions)
-
-    def violations(self, doc: Doc) -> list[tuple[str, float, Any]]:
-        return []  # process() is overridden

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from training.core.curate.base import DROP, Decision, Doc, FilterStep, StepConfig, require, require_fraction
+from training.core.curate.base import DROP, Decision, Doc, Step, StepConfig, StepResult, require, require_fraction
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,7 +47,7 @@ class LanguageConfig(StepConfig):
         require(self.max_chars > 0, "max_chars", "must be > 0")
 
 
-class LanguageFilter(FilterStep):
+class LanguageFilter(Step):
     """Drop documents in other languages (rule ``language_not_allowed``, value = the score of the
     detected language, detail = the language) or detected with too little confidence
     (rule ``language_low_score``)."""
@@ -63,9 +63,7 @@ class LanguageFilter(FilterStep):
     def thresholds(self) -> dict[str, Any]:
         return {"language_score": self.config.threshold}  # type: ignore[attr-defined]
 
-    def process(self, docs: list[Doc]):  # type: ignore[override]
-        from training.core.curate.base import StepResult
-
+    def process(self, docs: list[Doc]) -> StepResult:
         cfg: LanguageConfig = self.config  # type: ignore[assignment]
         kept: list[Doc] = []
         decisions: list[Decision] = []
@@ -81,9 +79,6 @@ class LanguageFilter(FilterStep):
             else:
                 kept.append({**doc, "language": lang, "language_score": round(score, 4)} if cfg.annotate else doc)
         return StepResult(kept, decisions)
-
-    def violations(self, doc: Doc) -> list[tuple[str, float, Any]]:
-        return []  # process() is overridden
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,7 +140,7 @@ class ToxicityConfig(StepConfig):
         require(self.max_chars >= 50, "max_chars", "must be >= 50")
 
 
-class ToxicityFilter(FilterStep):
+class ToxicityFilter(Step):
     """Drop offensive documents (rule ``toxic``; value = the highest score, detail = fraction of
     toxic pieces)."""
 
@@ -162,9 +157,7 @@ class ToxicityFilter(FilterStep):
     def thresholds(self) -> dict[str, Any]:
         return {"toxicity": self.config.threshold}  # type: ignore[attr-defined]
 
-    def process(self, docs: list[Doc]):  # type: ignore[override]
-        from training.core.curate.base import StepResult
-
+    def process(self, docs: list[Doc]) -> StepResult:
         cfg: ToxicityConfig = self.config  # type: ignore[assignment]
         pieces = [self._pieces(d) for d in docs]
         flat = profanity_scores([p for ps in pieces for p in ps])  # one vectorised call per batch
@@ -182,6 +175,3 @@ class ToxicityFilter(FilterStep):
             else:
                 kept.append(doc)
         return StepResult(kept, decisions)
-
-    def violations(self, doc: Doc) -> list[tuple[str, float, Any]]:
-        return []  # process() is overridden
