@@ -219,3 +219,13 @@ def test_bf16_autocast_tracks_fp32(austen_shards: dict[str, Path], tmp_path: Pat
     assert (fp32.info["dtype"], bf16.info["dtype"]) == ("float32", "bfloat16")
     assert bf16.losses == pytest.approx(fp32.losses, abs=0.02)
     assert bf16.losses != fp32.losses  # it did compute in another precision
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(austen_shards: dict[str, Path], tmp_path: Path) -> None:
+    """compile=True (inductor, per block) gives the losses of the eager model."""
+    eager, compiled = RecordingCallbacks(), RecordingCallbacks()
+    train(tiny_config(austen_shards, tmp_path / "a", steps=3), eager)
+    train(tiny_config(austen_shards, tmp_path / "b", steps=3, compile=True), compiled)
+    assert compiled.losses == pytest.approx(eager.losses, abs=1e-5)
+    load_model(tmp_path / "b")  # in-place compile keeps the state-dict keys
