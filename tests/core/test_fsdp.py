@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from training.core.callbacks import RecordingCallbacks
 from training.core.checkpoint import load_model
@@ -129,6 +130,8 @@ def test_fsdp_parameters_are_sharded(austen_shards: dict[str, Path], tmp_path: P
         "ref = __import__('training.core.model', fromlist=['Transformer']).Transformer(cfg.model)\n"
         "ref.init_weights(seed=cfg.seed)\n"
         "same = all(torch.equal(full[n], p) for n, p in ref.named_parameters())\n"
+        "from training.core.checkpoint import export_model\n"
+        f"export_model(m, {str(tmp_path / 'export')!r}, ctx=ctx)  # collective: gathers the shards\n"
         "if ctx.rank == 0: print(json.dumps({'params': info, 'same_init': same}))\n"
         "destroy_distributed(ctx)\n")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -140,3 +143,11 @@ def test_fsdp_parameters_are_sharded(austen_shards: dict[str, Path], tmp_path: P
     wq = out["params"]["layers.0.attention.wq.weight"]
     assert wq[0] == "DTensor" and wq[1] == [16, 32] and "Shard(dim=0)" in wq[2]
     assert all(kind == "DTensor" for kind, _, _ in out["params"].values())
+    # the consolidated export written from the shards is the full model
+    from training.core.config import ModelConfig
+    from training.core.model import Transformer
+
+    reference = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, max_seq_len=256))
+    reference.init_weights(seed=0)
+    exported = load_model(tmp_path / "export").state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in reference.state_dict().items())
