@@ -266,3 +266,16 @@ def test_targets_path_equals_logits_path_with_the_same_gradients(mode):
         assert (pa.grad - pb.grad).abs().max().item() <= 1e-5, name
     with torch.no_grad():  # evaluation: same value, no gradient buffers
         assert abs(b(tokens, attention_mask=mask, targets=targets).item() - ref.item()) <= 1e-5
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
+    model = make(tiny())
+    tokens = torch.randint(0, 211, (2, 12), generator=torch.Generator().manual_seed(12))
+    targets = torch.randint(0, 211, (2, 12), generator=torch.Generator().manual_seed(13))
+    ref = model(tokens, targets=targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(tokens, targets=targets)
+    got.backward()
+    assert got.dtype == torch.float32
+    assert abs(got.item() - ref.item()) <= 0.05 * ref.item()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())

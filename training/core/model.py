@@ -186,7 +186,14 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: 
         h, t = h.index_select(0, index), t.index_select(0, index)
     if chunk_size is None:  # about 2M logits (8 MB) per chunk: large matmuls, cache-sized buffers
         chunk_size = max(128, (1 << 21) // weight.shape[0])
-    total = _LinearCrossEntropy.apply(h, weight, bias, t, chunk_size)
+    device = h.device.type
+    if torch.is_autocast_enabled(device):  # run the matmuls in the autocast dtype, explicitly
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device_type=device, enabled=False):
+            total = _LinearCrossEntropy.apply(h.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                                              t, chunk_size)
+    else:
+        total = _LinearCrossEntropy.apply(h, weight, bias, t, chunk_size)
     return total / count.clamp(min=1)
 
 
