@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
@@ -56,6 +58,25 @@ PROJECT_FIELDS = ("name", "description", "guidelines", "task_type", "criteria", 
                   "overlap", "gold_rate", "annotator_cap", "lock_ttl_seconds", "edit_window_seconds",
                   "gold_warn_accuracy", "gold_block_accuracy", "gold_min_judged", "archived")
 MAX_TIME_ON_TASK_MS = 24 * 3600 * 1000
+
+
+_SQLITE_WRITERS = threading.RLock()
+
+
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    """``transaction.atomic()``; on SQLite, the threads of this process also queue on a lock first.
+
+    Django runs each request's sync code in its own thread; SQLite's busy handler polls with
+    sleeps, so under load a waiting writer can starve past the busy timeout ("database is
+    locked"). Queuing on a lock in-process leaves the busy timeout for other processes only.
+    """
+    if connection.vendor == "sqlite" and not connection.in_atomic_block:
+        with _SQLITE_WRITERS, transaction.atomic():
+            yield
+    else:
+        with transaction.atomic():
+            yield
 
 
 def _invalid(field_name: str, message: str, hint: str = "") -> StudioAPIError:
@@ -337,7 +358,7 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
     now = timezone.now()
     for _attempt in range(5):
         try:
-            with transaction.atomic():
+            with write_transaction():
                 release_expired(project, now)
                 current = (Assignment.objects.filter(project=project, annotator=user, status=ASSIGN_ACTIVE)
                            .order_by("id").first())
@@ -360,14 +381,19 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                         return Assignment.objects.create(project=project, item=item, annotator=user, slot=None,
                                                          is_gold=True, expires_at=now + timedelta(
                                                              seconds=project.lock_ttl_seconds))
-                candidate = _candidates(project, user, gold=False).first()
+                candidates = _candidates(project, user, gold=False)
+                if connection.features.has_select_for_update_skip_locked:
+                    # PostgreSQL: lock the item row so two transactions cannot both take its last
+                    # slot, skipping rows another annotator's transaction is locking right now
+                    candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+                candidate = candidates.first()
                 if candidate is None:
+                    if _attempt < 4 and connection.features.has_select_for_update_skip_locked \
+                            and _candidates(project, user, gold=False).exists():
+                        continue  # every free item is being handed out to someone else: look again
                     raise NoItem("no_items", "Nothing left for you to label in this project right now.")
                 item = candidate
-                if connection.features.has_select_for_update:
-                    # PostgreSQL: lock the item row so two transactions cannot both take its last slot
-                    # (SQLite: BEGIN IMMEDIATE already serializes writers)
-                    item = Item.objects.select_for_update().get(pk=candidate.pk)
+                # SQLite: BEGIN IMMEDIATE serializes writers, so the counted slots are current
                 if candidate.held == 0 and not connection.features.has_select_for_update:
                     free = list(range(project.overlap))
                 else:
@@ -385,7 +411,7 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
 
 def skip_assignment(assignment: Assignment, user: Any) -> Assignment:
     """Give an item back; the slot is freed and the item is not offered to this user again."""
-    with transaction.atomic():
+    with write_transaction():
         a = Assignment.objects.select_for_update().get(pk=assignment.pk)
         if a.annotator_id != user.pk:
             raise StudioAPIError("not_your_item", "This item is locked for another annotator.",
@@ -489,7 +515,7 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
     """
     if client_token is not None and (not isinstance(client_token, str) or not 1 <= len(client_token) <= 100):
         raise _invalid("client_token", "must be text of 1 to 100 characters (a UUID is a good choice)")
-    with transaction.atomic():
+    with write_transaction():
         if client_token:
             existing = Judgement.objects.filter(client_token=client_token).first()
             if existing is not None:
@@ -537,7 +563,7 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
 
 def edit_judgement(judgement: Judgement, user: Any, data: dict[str, Any]) -> Judgement:
     """Change one's own judgement within the project's edit window."""
-    with transaction.atomic():
+    with write_transaction():
         j = Judgement.objects.select_for_update().select_related("item", "project").get(pk=judgement.pk)
         if j.annotator_id != user.pk:
             raise StudioAPIError("not_your_judgement", "You can only edit your own judgements.",

@@ -120,10 +120,13 @@ class JudgementInputSerializer(serializers.Serializer):
     corrected_text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     comment = serializers.CharField(required=False, allow_blank=True)
     time_on_task_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+    next = serializers.BooleanField(required=False, default=False,
+                                    help_text="also lock your next item and return it under 'next' (one round trip)")
 
 
 class JudgementEditSerializer(JudgementInputSerializer):
     assignment = None  # type: ignore[assignment]
+    next = None  # type: ignore[assignment]
 
 
 class JudgementSerializer(serializers.ModelSerializer):

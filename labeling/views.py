@@ -193,13 +193,16 @@ class NextItemView(APIView):
 
     @extend_schema(request=None, responses={200: AssignmentSerializer})
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
-        project = _project(pk, request.user)
-        try:
-            a = actions.next_item(project, request.user)
-        except actions.NoItem as e:
-            return APIResponse({"assignment": None, "reason": e.reason, "detail": e.detail})
-        a.project = project
-        return APIResponse(assignment_data(a))
+        return APIResponse(_next_data(_project(pk, request.user), request.user))
+
+
+def _next_data(project: Project, user: Any) -> dict[str, Any]:
+    try:
+        a = actions.next_item(project, user)
+    except actions.NoItem as e:
+        return {"assignment": None, "reason": e.reason, "detail": e.detail}
+    a.project = project
+    return assignment_data(a)
 
 
 class SkipView(APIView):
@@ -237,8 +240,12 @@ class JudgementListView(generics.ListCreateAPIView):
         data = dict(form.validated_data)
         assignment = data.pop("assignment")
         token = data.pop("client_token", None)
+        want_next = data.pop("next", False)
         judgement, created = actions.submit_judgement(request.user, assignment, data, token)
-        return APIResponse(JudgementSerializer(judgement).data, status=201 if created else 200)
+        body = dict(JudgementSerializer(judgement).data)
+        if want_next:
+            body["next"] = _next_data(judgement.project, request.user)
+        return APIResponse(body, status=201 if created else 200)
 
 
 class JudgementDetailView(APIView):

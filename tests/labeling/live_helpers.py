@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 SETUP = r'''
@@ -42,13 +43,18 @@ print(json.dumps({"per_item": per_item, "judgements": Judgement.objects.filter(p
 '''
 
 
+def _shell(server: Any, code: str) -> str:
+    try:
+        return server.manage("shell", "-c", code).stdout.strip().splitlines()[-1]
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"manage.py shell failed:\n{e.stderr[-3000:]}") from None
+
+
 def setup_project(server: Any, *, annotators: list[str], password: str, items: int, **project: Any) -> int:
     spec = {"annotators": annotators, "password": password, "items": items, "project": project}
     code = SETUP.replace("SPEC", repr(json.dumps(spec)))
-    out = server.manage("shell", "-c", code).stdout.strip().splitlines()[-1]
-    return json.loads(out)["project"]
+    return json.loads(_shell(server, code))["project"]
 
 
 def check_project(server: Any, project_id: int) -> dict[str, Any]:
-    out = server.manage("shell", "-c", CHECK.replace("PID", str(project_id))).stdout.strip().splitlines()[-1]
-    return json.loads(out)
+    return json.loads(_shell(server, CHECK.replace("PID", str(project_id))))

@@ -383,3 +383,19 @@ def test_pages_render_and_escape_model_text(client_for, annotator, builder, mode
     Report.objects.create(category="toxicity", response_text="<img src=x onerror=alert(1)>", reporter=annotator)
     page = client_for(moderator).get("/reports/").content.decode()
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
+
+
+def test_submit_and_next_in_one_request(client_for, annotator, make_project):  # noqa: ANN001
+    project = make_project(2, name="one-trip")
+    c = client_for(annotator)
+    a = next_for(c, project)
+    resp = judge(c, a["assignment"], choice="a", next=True, client_token="t-1")
+    assert resp.status_code == 201
+    nxt = resp.json()["next"]
+    assert nxt["assignment"] and nxt["item"] != a["item"]
+    last = judge(c, nxt["assignment"], choice="b", next=True).json()
+    assert last["next"] == {"assignment": None, "reason": "no_items",
+                            "detail": "Nothing left for you to label in this project right now."}
+    # a retry with the same token returns the stored judgement and the current lock state
+    again = judge(c, a["assignment"], choice="a", next=True, client_token="t-1")
+    assert again.status_code == 200 and again.json()["next"]["assignment"] is None

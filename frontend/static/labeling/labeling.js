@@ -152,11 +152,14 @@
       current.token = current.token || token();
       data.client_token = current.token;
       try {
+        data.next = true;  // submit and lock the next item in one round trip
         const j = await api("POST", "/api/labeling/judgements/", data);
         const count = document.getElementById("judged-count");
         count.textContent = String(Number(count.textContent) + 1);
         addRecent(j, true);
-        await next();
+        if (j.next && j.next.assignment) show(j.next);
+        else if (j.next) { current = null; body.hidden = true; status.hidden = false; status.textContent = j.next.detail; task.dataset.done = j.next.reason; }
+        else await next();
       } catch (err) {
         showError(errorText(err));
         if (err.body && ["lock_expired", "skipped", "already_submitted", "not_your_item"].includes(err.body.code)) setTimeout(next, 1500);
