@@ -138,13 +138,15 @@ def _verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(path, "checkpoint.json is missing: the checkpoint is incomplete",
                               "use an earlier checkpoint of the run") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"checkpoint.json is corrupt ({e})", "use an earlier checkpoint of the run") from None
+        raise CheckpointError(path, f"checkpoint.json is corrupt ({e})",
+                              "use an earlier checkpoint of the run") from None
     for rel, size in manifest.get("files", {}).items():
         f = path / rel
         if not f.is_file():
             raise CheckpointError(path, f"file {rel} is missing", "the checkpoint is damaged; use an earlier one")
         if f.stat().st_size != size:
-            raise CheckpointError(path, f"file {rel} has {f.stat().st_size} bytes, expected {size} (truncated or altered)",
+            raise CheckpointError(path, f"file {rel} has {f.stat().st_size} bytes, expected {size} "
+                                        "(truncated or altered)",
                                   "the checkpoint is damaged; use an earlier one")
     return manifest
 

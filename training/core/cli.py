@@ -68,7 +68,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _parse_value(raw: str) -> Any:
-    """``--set`` values are JSON, else YAML, else text: ``3``, ``1e-3``, ``true``, ``[0.9, 0.95]``, ``null``, ``tiny``."""
+    """``--set`` values are JSON, else YAML, else text.
+
+    E.g. ``3``, ``1e-3``, ``true``, ``[0.9, 0.95]``, ``null``, ``tiny``.
+    """
     import yaml
 
     try:
@@ -417,7 +420,8 @@ def _add_text_inputs(p: argparse.ArgumentParser) -> None:
                    help="text files (.txt = one document), JSONL files (one document per line) or folders")
     p.add_argument("--corpus", help="a built-in corpus name (see training.core.corpora), e.g. austen")
     p.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
-    p.add_argument("--cache-dir", default=None, help="corpus cache folder (default: $STUDIO_DATA_DIR/cache or var/cache)")
+    p.add_argument("--cache-dir", default=None,
+                   help="corpus cache folder (default: $STUDIO_DATA_DIR/cache or var/cache)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many documents")
 
 
