@@ -94,6 +94,11 @@ def test_pipeline_stats_examples_and_callbacks(austen_sample: list[str]) -> None
     assert rep["words_in"] == sum(len(d["text"].split()) for d in docs)
     assert rep["words_out"] == gopher["words_out"] == sum(len(d["text"].split()) for d in kept)
     assert length["words_in"] - length["words_out"] == 2  # "Too short."
+    comp = rep["composition"]
+    assert comp["in"]["source"] == {"austen": {"docs": 12, "chars": sum(len(t) for t in austen_sample[:12])},
+                                    "unknown": {"docs": 2, "chars": len(docs[12]["text"]) + 10}}
+    assert comp["out"]["source"]["austen"]["docs"] == 12 and "unknown" not in comp["out"]["source"]
+    assert comp["out"]["language"] == {"unknown": {"docs": 12, "chars": rep["chars_out"]}}
     assert ("length", 1) in seen and ("exact_dedup", 1) in seen
     assert len(progress) == 3 and progress[-1]["docs_in"] == 14 and progress[-1]["docs_out"] == 12
 

@@ -34,6 +34,7 @@ STEP_TYPES: dict[str, type[Step]] = {cls.name: cls for cls in (
     ExtractHTML, Normalize, ExactDedup, NearDedup, LengthFilter, LanguageFilter, GopherRepetition,
     GopherQuality, C4Filter, FineWebQuality, ToxicityFilter, RedactPII, Decontaminate, Segment, Balance)}
 STATEFUL = {"exact_dedup", "near_dedup"}  # steps whose result depends on earlier batches
+COMPOSITION_FIELDS = ("source", "domain", "language")
 
 
 @dataclass
@@ -109,6 +110,8 @@ class Pipeline:
         self.batches = 0
         self._t0: float | None = None
         self._word_cache: dict[int, int] = {}  # id(doc) -> words, for the documents of one batch
+        # composition of the input and output: field -> value -> [documents, characters]
+        self._composition: dict[str, dict[str, dict[str, list[int]]]] = {"in": {}, "out": {}}
 
     # -- recipes -------------------------------------------------------------------------------
     @classmethod
@@ -154,6 +157,21 @@ class Pipeline:
         if self.on_decisions is not None and result.decisions:
             self.on_decisions(st.name, result.decisions, docs)
 
+    def _compose(self, side: str, docs: list[Doc]) -> None:
+        for field_name in COMPOSITION_FIELDS:
+            table = self._composition[side].setdefault(field_name, {})
+            for d in docs:
+                cell = table.setdefault(str(d.get(field_name, "unknown")), [0, 0])
+                cell[0] += 1
+                cell[1] += len(d["text"])
+
+    def composition(self) -> dict[str, Any]:
+        """Documents and characters by source, domain and language, before and after the run
+        (the composition section of a datasheet)."""
+        return {side: {f: {v: {"docs": c[0], "chars": c[1]} for v, c in sorted(table.items())}
+                       for f, table in fields.items()}
+                for side, fields in self._composition.items()}
+
     def process_batch(self, docs: list[Doc], start: int = 0) -> list[Doc]:
         """Run steps ``start..`` over one batch and return the kept documents."""
         if self._t0 is None:
@@ -161,6 +179,7 @@ class Pipeline:
         if start == 0:
             self.docs_in += len(docs)
             self._word_cache = {}
+            self._compose("in", docs)
         for i in range(start, len(self.steps)):
             if not docs:
                 break
@@ -169,6 +188,7 @@ class Pipeline:
             self._record(i, docs, result, time.perf_counter() - t)
             docs = result.kept
         self.docs_out += len(docs)
+        self._compose("out", docs)
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(self.progress())
@@ -204,6 +224,7 @@ class Pipeline:
             self._t0 = time.perf_counter()
         self.docs_in += len(batch)
         self._word_cache = {}
+        self._compose("in", batch)
         cur = batch
         for i, (result, seconds) in enumerate(results):
             self._record(i, cur, result, seconds)
@@ -212,6 +233,7 @@ class Pipeline:
             yield from self.process_batch(cur, start=split)  # counts the batch and docs out
             return
         self.docs_out += len(cur)
+        self._compose("out", cur)
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(self.progress())
@@ -234,6 +256,7 @@ class Pipeline:
         return {"docs_in": self.docs_in, "docs_out": self.docs_out, "chars_in": first.chars_in,
                 "chars_out": last.chars_out, "words_in": first.words_in, "words_out": last.words_out,
                 "recipe": self.to_recipe(), "steps": [s.to_dict() for s in self.stats],
+                "composition": self.composition(),
                 "skipped": {s.name: s.skipped for s in self.steps if getattr(s, "skipped", None)}}
 
     def reset(self) -> None:
