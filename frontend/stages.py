@@ -32,7 +32,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("optimization", "Optimization", "builder",
           "Quantize, prune and distill models, and measure what each change costs."),
     Stage("deploy", "Deploy", "builder",
-          "Serve models through an API and export them for other runtimes."),
+          "Serve models through an API and export them for other runtimes.", own_pages=True),
     Stage("reports", "Reports", "moderator",
           "Reports of harmful or biased answers from users, triaged by moderators.", own_pages=True),
 )

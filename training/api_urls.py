@@ -21,6 +21,7 @@ urlpatterns = [
     path("runs/<int:pk>/metrics/", views.RunMetricsView.as_view(), name="api-run-metrics"),
     path("runs/<int:pk>/log/", views.RunLogView.as_view(), name="api-run-log"),
     path("checkpoints/", views.CheckpointListView.as_view(), name="api-checkpoints"),
+    path("checkpoints/<int:pk>/export/", views.CheckpointExportView.as_view(), name="api-checkpoint-export"),
     path("models/", views.ModelListView.as_view(), name="api-models"),
     path("chat/models/", views.ChatModelsView.as_view(), name="api-chat-models"),
     path("chat/feedback/", views.FeedbackView.as_view(), name="api-chat-feedback"),

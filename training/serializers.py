@@ -168,3 +168,7 @@ class DemoSerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, allow_null=True, min_value=1,
                                      help_text="documents of the corpus to use (default: all)")
     steps = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=100000)
+
+
+class ExportSerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["hf", "gguf", "safetensors"], default="hf")

@@ -20,7 +20,7 @@ from huey.contrib.djhuey import db_periodic_task, db_task, on_startup
 
 from training import actions
 from training import error_codes as codes
-from training.launch import ChildProcess, EventTail, Outcome, child_env, core_command, log_tail, supervise
+from training.launch import REPO, ChildProcess, EventTail, Outcome, child_env, core_command, log_tail, supervise
 from training.models import CANCELLED, FAILED, SUCCEEDED, Run, data_path
 from training.reporting import RunReporter
 
@@ -154,6 +154,30 @@ def run_job(run_id: int) -> str | None:
                                                   "hint": codes.HINTS[codes.LAUNCH_FAILED],
                                                   "log_tail": log_tail(run.log_path)})
         return FAILED
+
+
+@db_task()
+def export_job(artifact_id: int) -> str:
+    """Export a checkpoint with ``cli export`` into the artifact's path; the artifact becomes ready or failed."""
+    import subprocess
+
+    from training.models import ModelArtifact
+
+    art = ModelArtifact.objects.select_related("checkpoint").get(pk=artifact_id)
+    out = art.path
+    log_path = data_path("models", art.pk, "export.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = core_command(["export", "--model", art.checkpoint.path, "--format", art.format, "--out", out, "--quiet"])
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        proc = subprocess.run(cmd, env=child_env(data_dir=settings.DATA_DIR), cwd=REPO, stdout=log_file,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    ok = proc.returncode == 0
+    info = {**art.info, "exit_code": proc.returncode, "log_tail": "" if ok else log_tail(log_path, 20)}
+    ModelArtifact.objects.filter(pk=art.pk).update(status="ready" if ok else "failed", info=info)
+    from studio.events import publish
+
+    publish("model.exported" if ok else "model.export_failed", {"model": art.pk, "format": art.format, "path": out})
+    return "ready" if ok else "failed"
 
 
 @on_startup()

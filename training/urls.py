@@ -10,5 +10,6 @@ urlpatterns = [
     path("pretraining/", views.pretraining_page, name="stage-pretraining"),
     path("pretraining/compare/", views.compare_page, name="runs-compare"),
     path("runs/<int:pk>/", views.run_detail_page, name="run-detail"),
+    path("deploy/", views.deploy_page, name="stage-deploy"),
     path("chat/", views.chat_page, name="chat"),
 ]

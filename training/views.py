@@ -34,6 +34,7 @@ from training.serializers import (
     CorpusImportSerializer,
     DatasetVersionSerializer,
     DemoSerializer,
+    ExportSerializer,
     FeedbackOutSerializer,
     FeedbackSerializer,
     MetricPointSerializer,
@@ -307,6 +308,22 @@ class CheckpointListView(generics.ListAPIView):
         return qs
 
 
+class CheckpointExportView(APIView):
+    """Export a checkpoint as a Hugging Face folder (``hf``), a GGUF file or studio safetensors;
+    the result is a model artifact (status pending → ready)."""
+
+    required_role = BUILDER
+
+    @extend_schema(request=ExportSerializer, responses={202: ModelArtifactSerializer})
+    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+        ckpt = get_object_or_404(Checkpoint.objects.select_related("run"), pk=pk)
+        form = ExportSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        art = actions.do_export_checkpoint(request.user, ckpt, form.validated_data["format"])
+        return Response(ModelArtifactSerializer(ModelArtifact.objects.get(pk=art.pk)).data,
+                        status=status.HTTP_202_ACCEPTED)
+
+
 class DemoView(APIView):
     """One click: Austen dataset → tokenizer → tiny CPU pretraining; registers SmolLM2 for chat."""
 
@@ -465,6 +482,15 @@ def compare_page(request: HttpRequest) -> HttpResponse:
     return render(request, "training/compare.html", {
         "stage": _stage("pretraining"), "runs": runs, "all_runs": Run.objects.filter(kind="pretrain")[:50],
         "selected": ids})
+
+
+@role_required(BUILDER)
+def deploy_page(request: HttpRequest) -> HttpResponse:
+    """Models to serve: imported models and exports (with their files), checkpoints to chat with."""
+    actions.ensure_smollm2()
+    return render(request, "training/deploy.html", {
+        "stage": _stage("deploy"), "artifacts": ModelArtifact.objects.select_related("checkpoint").all()[:200],
+        "models": actions.chat_models()})
 
 
 @role_required(SIGNED_IN)

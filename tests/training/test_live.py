@@ -200,3 +200,22 @@ def test_feedback_report_and_vote(client_for, make_user, tiny_checkpoint):  # no
         assert PreferenceVote.objects.get().vote == "b"
     assert c.post("/api/chat/votes/", {"messages": messages, "model_a": ref, "model_b": ref, "response_a": "a",
                                        "response_b": "b", "vote": "maybe"}, format="json").status_code == 400
+
+
+def test_export_a_checkpoint_as_a_hugging_face_folder(client_for, builder, tiny_checkpoint, huey_immediate):  # noqa: ANN001
+    from pathlib import Path
+
+    from training.actions import chat_models
+    from training.models import ModelArtifact
+
+    c = client_for(builder)
+    assert c.post(f"/api/checkpoints/{tiny_checkpoint.pk}/export/", {"format": "onnx"}, format="json").status_code == 400
+    resp = c.post(f"/api/checkpoints/{tiny_checkpoint.pk}/export/", {"format": "hf"}, format="json")
+    assert resp.status_code == 202, resp.json()
+    art = ModelArtifact.objects.get(pk=resp.json()["id"])
+    assert art.status == "ready", art.info
+    folder = Path(art.path)
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert (folder / "tokenizer.json").is_file()
+    assert art.ref in [m["ref"] for m in chat_models()]  # the export can be chatted with
+    assert client_for(None).post(f"/api/checkpoints/{tiny_checkpoint.pk}/export/", {}, format="json").status_code == 401

@@ -85,3 +85,9 @@ def test_smollm2_answers_through_the_serving_worker(db):  # noqa: ANN001
     assert final["type"] == "done", final
     assert "Paris" in final["text"]
     assert [r["type"] for r in replies].count("token") >= 2  # streamed, not one block
+
+
+def test_deploy_page_lists_models(client_for, builder, annotator, data_dir):  # noqa: ANN001
+    page = client_for(builder).get("/deploy/")
+    assert page.status_code == 200 and b"<h1>Deploy</h1>" in page.content
+    assert client_for(annotator).get("/deploy/").status_code == 403

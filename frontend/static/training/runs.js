@@ -302,6 +302,27 @@
       } catch (err) { actionError.textContent = err.message; }
       finally { button.disabled = false; }
     }
+    document.getElementById("checkpoints")?.addEventListener("click", async (ev) => {
+      const button = ev.target.closest("button[data-export]");
+      if (!button) return;
+      const note = button.parentElement.querySelector(".export-status");
+      button.disabled = true;
+      try {
+        const art = await api("POST", `/api/checkpoints/${button.dataset.export}/export/`, { format: button.dataset.format });
+        note.textContent = `exporting to ${art.path} (model ${art.id})…`;
+        note.dataset.model = art.id;
+        const poll = setInterval(async () => {
+          const models = await api("GET", "/api/models/?limit=200");
+          const found = (models.results || models).find((m) => m.id === art.id);
+          if (found && found.status !== "pending") {
+            clearInterval(poll);
+            note.textContent = found.status === "ready" ? `exported: ${found.path}` : `export failed: ${found.info.log_tail || ""}`;
+            note.dataset.status = found.status;
+          }
+        }, 1500);
+      } catch (err) { note.textContent = err.message; }
+      finally { button.disabled = false; }
+    });
     cancelBtn.addEventListener("click", () => act("cancel", cancelBtn));
     resumeBtn.addEventListener("click", () => act("resume", resumeBtn));
     document.getElementById("clone-button").addEventListener("click", async () => {
