@@ -212,3 +212,18 @@ def test_presets_are_valid_configs(trained_tokenizer):  # noqa: ANN001
     for name, preset in actions.PRETRAIN_PRESETS.items():
         resolved = actions.resolve_pretrain_config(preset["config"], tok)
         assert resolved["steps"] == preset["config"]["steps"], name
+
+
+@pytest.mark.slow
+def test_two_process_run_goes_through_torchrun(builder, trained_tokenizer, austen_dataset,
+                                               django_capture_on_commit_callbacks):  # noqa: ANN001
+    with django_capture_on_commit_callbacks(execute=True):
+        run = actions.do_create_run(builder, kind="pretrain", name="fsdp", config={**TINY_PRETRAIN, "steps": 4},
+                                    dataset=austen_dataset.pk, tokenizer=trained_tokenizer.pk, nproc=2, threads=1)
+    run = Run.objects.get(pk=run.pk)
+    log = run.log_path.read_text()
+    assert run.status == "succeeded", (run.error, log[-3000:])
+    assert "torch.distributed.run --nproc_per_node=2" in log
+    first = MetricPoint.objects.filter(run=run, kind="train").first().values
+    assert first["throughput/global(tps)"] == pytest.approx(2 * first["throughput(tps)"])
+    assert run.summary["tokens"] == 4 * 2 * 32 * 2  # steps × ranks × seq_len × micro-batch
