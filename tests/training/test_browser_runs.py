@@ -170,3 +170,51 @@ def test_chat_with_the_checkpoint_streams_tokens_and_reports(page, server):  # n
     assert status == 200, reports
     found = [r for r in reports["results"] if r.get("description") == "stereotype in the answer"]
     assert found and found[0]["source"] == "playground" and found[0]["category"] == "bias"
+
+
+def test_datasets_and_tokenizer_from_the_tokenizers_page(page, server):  # noqa: ANN001
+    sign_in(page, server, "builder", "builder-demo-pass")
+    page.goto(server.url + "/tokenizers/")
+    page.get_by_label("Corpus").select_option("austen")
+    page.get_by_label("Documents (empty = all)").fill("0")
+    page.get_by_role("button", name="Import").click()
+    page.locator('#corpus-form [data-error-for="limit"]').filter(has_text="greater than or equal to 1").wait_for()
+    page.get_by_label("Documents (empty = all)").fill("4")
+    page.get_by_role("button", name="Import").click()
+    page.wait_for_load_state()
+    page.get_by_role("cell", name="austen v2").wait_for()
+    page.get_by_label("Dataset version", exact=True).select_option(label="austen v2")
+    page.get_by_label("Vocabulary size").fill("100")
+    page.get_by_role("button", name="Train tokenizer").click()
+    page.locator('[data-error-for="config.vocab_size"]').filter(has_text="between").wait_for()
+    page.get_by_label("Vocabulary size").fill("300")
+    page.get_by_label("Tokenizer name").fill("tiny-300")
+    page.get_by_role("button", name="Train tokenizer").click()
+    page.wait_for_url("**/runs/*/")
+    page.locator("#run-status").filter(has_text="succeeded").wait_for(timeout=180_000)
+    page.reload()
+    page.get_by_role("link", name="tiny-300").click()
+    page.get_by_label("Text").fill("Elizabeth Bennet")
+    page.get_by_role("button", name="Tokenize").click()
+    page.locator("#tk-summary").filter(has_text="round trip exact").wait_for()
+    assert page.locator("#tk-out .tok").count() >= 2
+
+
+def test_compare_mode_vote(page, server):  # noqa: ANN001
+    run_id = server.shared.get("run_id")
+    if run_id is None:
+        pytest.skip("needs the run of the pretraining test")
+    s = server.session("builder", "builder-demo-pass")
+    ckpts = s.request("GET", f"/api/checkpoints/?run={run_id}")[1]["results"]
+    assert len(ckpts) >= 2
+    sign_in(page, server, "moderator", "moderator-demo-pass")
+    page.goto(server.url + "/chat/")
+    page.locator("#chat-status").filter(has_text="ready").wait_for()
+    page.get_by_label("Compare two anonymous models").check()
+    page.get_by_label("Max new tokens").fill("12")
+    page.get_by_label("Message", exact=True).fill("Good morning")
+    page.get_by_role("button", name="Send").click()
+    page.locator("li.votes button[data-vote='tie']").wait_for(timeout=180_000)
+    assert page.locator("li.pair li.msg.assistant").count() == 2
+    page.locator("li.votes button[data-vote='tie']").click()
+    page.locator("li.votes").filter(has_text="A was").wait_for()
