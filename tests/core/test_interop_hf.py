@@ -112,3 +112,17 @@ def test_unsupported_models_are_clear_errors(tmp_path):
         import_hf(tmp_path / "biased")
     with pytest.raises(InteropError, match="config.json"):
         import_hf(tmp_path / "nothing-here")
+
+
+def test_sharded_checkpoint_and_bf16_export(tmp_path):
+    ref = random_llama(False, 2)
+    ref.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    model, _ = import_hf(tmp_path / "sharded")
+    tokens = torch.randint(0, 173, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(tokens) - ref(tokens).logits).abs().max().item() <= ATOL
+    export_hf(model, None, tmp_path / "bf16", dtype=torch.bfloat16)
+    half, _ = import_hf(tmp_path / "bf16", dtype=torch.bfloat16)
+    assert half.layers[0].attention.wq.weight.dtype == torch.bfloat16
+    assert torch.equal(half.layers[0].attention.wq.weight, model.layers[0].attention.wq.weight.bfloat16())
