@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from training.core.config import ModelConfig
 
 __all__ = ["Transformer", "TransformerBlock", "Attention", "FeedForward", "RMSNorm", "MLMHead", "KVCache",
-           "rope_tables", "apply_rope", "linear_cross_entropy", "IGNORE_INDEX"]
+           "rope_tables", "apply_rope", "rope_rotate", "linear_cross_entropy", "IGNORE_INDEX"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,8 +63,9 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.dev
     return angles.cos(), angles.sin()
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor, sign: float) -> Tensor:
-    """``x`` rotated by +angle (``sign=1``) or -angle (``sign=-1``), written straight into one output."""
+def rope_rotate(x: Tensor, cos: Tensor, sin: Tensor, sign: float = 1.0) -> Tensor:
+    """``x`` (..., D) rotated by +angle (``sign=1``) or -angle (``sign=-1``) in the "rotate half"
+    layout, written straight into one output tensor (no autograd; see :func:`apply_rope`)."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -84,19 +85,20 @@ class _Rope(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin, 1.0)
+        return rope_rotate(x, cos, sin, 1.0)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, sin, -1.0), None, None
+        return rope_rotate(grad, cos, sin, -1.0), None, None
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate ``x`` (B, T, H, D) by the angles in ``cos``/``sin`` (T, 1, D/2) or (B, T, 1, D/2).
 
-    "Rotate half" layout (the first half of the head pairs with the second half), i.e. exactly
-    ``x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)`` as in Hugging Face Llama.
+    "Rotate half" layout (the first half of the head pairs with the second half): the formula
+    ``x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)`` of Hugging Face Llama (equal up to
+    float rounding: the kernels may fuse a multiply-add).
     """
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     if torch.compiler.is_compiling():  # the compiler fuses the plain formula into one kernel
@@ -105,7 +107,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     if torch.is_grad_enabled() and x.requires_grad:
         return _Rope.apply(x, cos, sin)
-    return _rotate(x, cos, sin, 1.0)
+    return rope_rotate(x, cos, sin, 1.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 import torch.nn.functional as F
 
-from training.core.model import KVCache, Transformer, _rotate
+from training.core.model import KVCache, Transformer, rope_rotate
 from training.core.serve.sampling import apply_repetition_penalty, sample_next
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, pos: i
     for i, layer in enumerate(model.layers):
         a, f = layer.attention, layer.feed_forward
         x = F.rms_norm(h, (C,), layer.attention_norm.weight, eps)
-        q = _rotate(F.linear(x, a.wq.weight).view(B, 1, H, D), cos, sin, 1.0).transpose(1, 2)  # (B, H, 1, D)
-        k = _rotate(F.linear(x, a.wk.weight).view(B, 1, Hk, D), cos, sin, 1.0).transpose(1, 2)  # (B, Hk, 1, D)
+        q = rope_rotate(F.linear(x, a.wq.weight).view(B, 1, H, D), cos, sin, 1.0).transpose(1, 2)  # (B, H, 1, D)
+        k = rope_rotate(F.linear(x, a.wk.weight).view(B, 1, Hk, D), cos, sin, 1.0).transpose(1, 2)  # (B, Hk, 1, D)
         v = F.linear(x, a.wv.weight).view(B, 1, Hk, D).transpose(1, 2)
         cache.k[i][:, :, pos:end] = k
         cache.v[i][:, :, pos:end] = v
