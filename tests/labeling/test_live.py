@@ -42,8 +42,10 @@ def postgres_server(tmp_path_factory):  # noqa: ANN001, ANN201
         if services_required():
             pytest.fail("PostgreSQL on 127.0.0.1:5432 is needed (user root)")
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    # no persistent connections: see tests/labeling/asgi_pg_settings.py
     server = StudioServer(tmp_path_factory.mktemp("studio-pg"),
-                          env={"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{name}"}).start()
+                          env={"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{name}",
+                               "DJANGO_SETTINGS_MODULE": "tests.labeling.asgi_pg_settings"}).start()
     yield server
     server.stop()
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", name], capture_output=True)
@@ -99,7 +101,8 @@ def run_parallel_annotators(studio_server) -> None:  # noqa: ANN001
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         list(pool.map(work, range(CLIENTS)))
-    assert not problems, problems[:5]
+    server_messages = "\n".join(line for line in studio_server.logs().splitlines() if '" 20' not in line)
+    assert not problems, f"{problems[:5]}\n{server_messages[-4000:]}"
     ids = [j for v in accepted.values() for j in v]
     assert len(ids) == len(set(ids))
     state = check_project(studio_server, pid)
