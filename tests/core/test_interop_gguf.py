@@ -8,7 +8,7 @@ import torch
 
 from training.core.config import ModelConfig
 from training.core.interop import InteropError
-from training.core.interop.gguf import export_gguf, import_gguf, permute_qk, unpermute_qk
+from training.core.interop.gguf import export_gguf, import_gguf, permute_qk, read_gguf, unpermute_qk
 from training.core.model import Transformer
 
 gguf = pytest.importorskip("gguf")
@@ -33,6 +33,18 @@ def make(vocab: int, tie: bool, seed: int = 0) -> Transformer:
     return model.eval()
 
 
+def assert_read_gguf_equals_gguf_reader(path) -> None:
+    """Our fast reader against the gguf package's own: same metadata values, same tensors."""
+    ours, ref = read_gguf(path), gguf.GGUFReader(str(path))
+    assert set(ours.fields) == {k for k in ref.fields if not k.startswith("GGUF.")}
+    for key, value in ours.fields.items():
+        assert value == ref.fields[key].contents(), key
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    for a, b in zip(ours.tensors, ref.tensors):
+        assert a.tensor_type == b.tensor_type and list(a.shape) == b.shape.tolist(), a.name
+        assert a.data.dtype == b.data.dtype and np.array_equal(a.data, b.data), a.name
+
+
 def test_permutation_is_llama_cpp_interleaving():
     # one head of size 4: rotate-half rows (x0, x1 | x2, x3) pair (x0, x2) and (x1, x3);
     # llama.cpp stores the pairs next to each other: rows 0, 2, 1, 3
@@ -46,6 +58,7 @@ def test_permutation_is_llama_cpp_interleaving():
 def test_f32_round_trip_reads_back_equal_tensors_and_logits(tmp_path, tokenizer, tie):
     model = make(tokenizer.vocab_size, tie)
     path = export_gguf(model, tokenizer, tmp_path / "model.gguf")
+    assert_read_gguf_equals_gguf_reader(path)
     reader = gguf.GGUFReader(str(path))
     assert reader.fields["general.architecture"].contents() == "llama"
     assert reader.fields["llama.attention.head_count_kv"].contents() == 2
@@ -120,6 +133,7 @@ def test_q8_0_tensors_are_dequantized(tmp_path, tokenizer):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    assert_read_gguf_equals_gguf_reader(tmp_path / "q8.gguf")
     again, _ = import_gguf(tmp_path / "q8.gguf")
     assert torch.equal(again.layers[1].feed_forward.w1.weight, torch.from_numpy(expected["blk.1.ffn_gate.weight"]))
     wq = unpermute_qk(torch.from_numpy(expected["blk.0.attn_q.weight"]), 4)
@@ -144,6 +158,9 @@ def test_transformers_reads_our_gguf_with_the_same_logits(tmp_path, tokenizer):
 def test_unsupported_files_are_clear_errors(tmp_path):
     with pytest.raises(InteropError, match="no GGUF file"):
         import_gguf(tmp_path / "missing.gguf")
+    (tmp_path / "text.gguf").write_text("not a model at all")
+    with pytest.raises(InteropError, match="not a GGUF file"):
+        import_gguf(tmp_path / "text.gguf")
     with pytest.raises(InteropError, match="decoder"):
         export_gguf(Transformer(ModelConfig.preset("tiny", mode="encoder")), None, tmp_path / "enc.gguf")
     writer = gguf.GGUFWriter(str(tmp_path / "other.gguf"), arch="gpt2")

@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from training.core.model import Transformer
 if TYPE_CHECKING:
     from training.core.tokenizer import StudioTokenizer
 
-__all__ = ["import_gguf", "export_gguf", "read_gguf_config", "tokenizer_from_gguf", "permute_qk", "unpermute_qk"]
+__all__ = ["import_gguf", "export_gguf", "read_gguf", "read_gguf_config", "tokenizer_from_gguf", "permute_qk", "unpermute_qk"]
 
 # GGUF tensor name -> our name ("{i}": layer index)
 _LAYER = {
@@ -85,9 +86,107 @@ def unpermute_qk(w: Tensor, n_heads: int) -> Tensor:
 # Import
 # --------------------------------------------------------------------------------------------
 
+@dataclass
+class GGUFTensor:
+    """One tensor of a GGUF file: ``shape`` in GGUF order (innermost first), ``data`` a numpy view
+    of the file (float arrays for F32/F16, rows of bytes for quantized types)."""
+
+    name: str
+    tensor_type: Any  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass
+class GGUFFile:
+    """The metadata (plain Python values) and tensors of a GGUF file, read by :func:`read_gguf`."""
+
+    fields: dict[str, Any]
+    tensors: list[GGUFTensor]
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NP_SCALARS = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
+               7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Read a GGUF (v2/v3, little-endian) file: metadata into Python values, tensors as memory-mapped
+    numpy views. Same content as ``gguf.GGUFReader`` (tested), but string arrays (a 50k-token
+    vocabulary and its merges) are decoded in one pass, which makes it ~20x faster to open."""
+    import struct
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import quant_shape_to_byte_shape
+
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    buf = memoryview(raw)
+    if bytes(buf[:4]) != b"GGUF":
+        raise InteropError(f"{path} is not a GGUF file (bad magic)", "pass a .gguf file written by llama.cpp or gguf")
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    if version not in (2, 3):
+        raise InteropError(f"GGUF version {version} is not supported", "convert the file with a recent llama.cpp")
+    pos = 24
+
+    def string() -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        pos += 8 + n
+        return str(buf[pos - n:pos], "utf-8")
+
+    def value(vtype: int) -> Any:
+        nonlocal pos
+        if vtype == 8:
+            return string()
+        if vtype == 9:
+            item, count = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            if item in _NP_SCALARS:
+                array = np.frombuffer(buf, dtype=_NP_SCALARS[item], count=count, offset=pos)
+                pos += array.nbytes
+                return array.tolist()
+            return [value(item) for _ in range(count)]
+        fmt = _SCALARS[vtype]
+        (v,) = struct.unpack_from(fmt, buf, pos)
+        pos += struct.calcsize(fmt)
+        return v
+
+    fields: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = string()
+        (vtype,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        fields[key] = value(vtype)
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        (n_dims,) = struct.unpack_from("<I", buf, pos)
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+        ttype, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+        pos += 4 + 8 * n_dims + 12
+        infos.append((name, tuple(int(d) for d in dims), GGMLQuantizationType(ttype), int(offset)))
+    align = int(fields.get("general.alignment", 32))
+    start = (pos + align - 1) // align * align
+    tensors = []
+    for name, dims, ttype, offset in infos:
+        n = int(np.prod(dims))
+        np_shape = tuple(reversed(dims))
+        block, type_size = GGML_QUANT_SIZES[ttype]
+        if ttype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            dtype, count = (np.float32 if ttype == GGMLQuantizationType.F32 else np.float16), n
+        else:
+            dtype, count = np.uint8, n * type_size // block
+            np_shape = quant_shape_to_byte_shape(np_shape, ttype)
+        data = np.frombuffer(buf, dtype=dtype, count=count, offset=start + offset).reshape(np_shape)
+        tensors.append(GGUFTensor(name, ttype, dims, data))
+    return GGUFFile(fields, tensors)
+
+
 def _field(reader: Any, key: str, default: Any = None) -> Any:
     field = reader.fields.get(key)
-    return default if field is None else field.contents()
+    if field is None:
+        return default
+    return field.contents() if hasattr(field, "contents") else field  # gguf.GGUFReader or GGUFFile
 
 
 def _f32(value: float) -> float:
@@ -111,7 +210,7 @@ def read_gguf_config(reader: Any) -> ModelConfig:
         raise InteropError("rope scaling is not supported", "only plain rotary embeddings")
     vocab = g("vocab_size")
     if vocab is None:
-        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+        vocab = len(_field(reader, "tokenizer.ggml.tokens"))
     try:
         return ModelConfig(
             vocab_size=int(vocab), dim=dim, n_layers=int(g("block_count")), n_heads=n_heads,
@@ -203,12 +302,10 @@ def tokenizer_from_gguf(reader: Any) -> "StudioTokenizer":
 def import_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                 with_tokenizer: bool = True) -> tuple[Transformer, "StudioTokenizer | None"]:
     """Load a ``llama`` GGUF file into our :class:`Transformer` (weights dequantized) and its tokenizer."""
-    from gguf import GGUFReader
-
     path = Path(path)
     if not path.is_file():
         raise InteropError(f"no GGUF file at {path}", "check the path (a .gguf file)")
-    reader = GGUFReader(str(path))
+    reader = read_gguf(path)
     cfg = read_gguf_config(reader)
     names = gguf_names(cfg)
     state: dict[str, Tensor] = {}

