@@ -323,6 +323,10 @@ def do_create_run(user: Any, *, kind: str, name: str = "", config: dict[str, Any
         total = int(resolved["steps"])
     if not isinstance(nproc, int) or not 1 <= nproc <= 64:
         raise _invalid({"nproc": ["between 1 and 64"]}, "nproc must be between 1 and 64.")
+    pool = gpu_pool()
+    if kind == "pretrain" and pool and not gpus.strip() and resolved.get("device") in ("cuda", "auto") and nproc > len(pool):
+        raise _invalid({"nproc": [f"at most {len(pool)}: STUDIO_GPUS has {len(pool)} GPUs"]},
+                       f"The run asks for {nproc} GPUs; the studio manages {len(pool)}.")
     if not isinstance(threads, int) or not 0 <= threads <= 256:
         raise _invalid({"threads": ["between 0 (automatic) and 256"]}, "threads is out of range.")
     with transaction.atomic():
@@ -387,17 +391,53 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim_run(run_id: int) -> Run | None:
-    """Move a queued run to running for this worker; None when it is no longer queued (cancelled)."""
+WAIT_FOR_GPUS = "wait"
+
+
+def gpu_pool() -> list[str]:
+    """GPUs the studio hands out to runs (``STUDIO_GPUS``, e.g. ``0,1,2,3``); empty: not managed."""
+    return [g.strip() for g in os.environ.get("STUDIO_GPUS", "").split(",") if g.strip()]
+
+
+def run_gpus(run: Run) -> str:
+    """The GPUs a run uses: chosen in the form, else assigned from the pool when it started."""
+    return run.gpus or str(run.summary.get("assigned_gpus", ""))
+
+
+def assign_gpus(run: Run) -> str | None:
+    """Free GPUs of the pool for a GPU run that did not choose its own (one per process); "" when
+    none are needed or the pool is not managed, None when too few are free right now."""
+    pool = gpu_pool()
+    wants = run.kind == "pretrain" and run.config.get("device") in ("cuda", "auto")
+    if run.gpus or not pool or not wants:
+        return ""
+    busy: set[str] = set()
+    for other in Run.objects.filter(status=RUNNING).exclude(pk=run.pk):
+        busy.update(g for g in run_gpus(other).split(",") if g)
+    free = [g for g in pool if g not in busy]
+    if run.nproc > len(pool):
+        raise StudioAPIError(codes.INVALID_CONFIG, f"The run asks for {run.nproc} GPUs; STUDIO_GPUS has {len(pool)}.",
+                             "Lower nproc or add GPUs to STUDIO_GPUS.", 400, {"nproc": [f"at most {len(pool)}"]})
+    return ",".join(free[: run.nproc]) if len(free) >= run.nproc else None
+
+
+def claim_run(run_id: int) -> Run | str | None:
+    """Move a queued run to running for this worker; None when it is no longer queued (cancelled),
+    :data:`WAIT_FOR_GPUS` when it needs GPUs of the pool and too few are free."""
     with transaction.atomic():
         run = Run.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.status != QUEUED:
             return None
+        gpus = assign_gpus(run)
+        if gpus is None:
+            return WAIT_FOR_GPUS
+        run.summary = {**run.summary, "assigned_gpus": gpus}
         now = timezone.now()
         run.status, run.started_at, run.heartbeat_at = RUNNING, run.started_at or now, now
         run.attempt += 1
         run.worker, run.pid, run.exit_code = worker_id(), None, None
-        run.save(update_fields=["status", "started_at", "heartbeat_at", "attempt", "worker", "pid", "exit_code"])
+        run.save(update_fields=["status", "started_at", "heartbeat_at", "attempt", "worker", "pid", "exit_code",
+                                "summary"])
         transaction.on_commit(lambda: publish_run(run_id, "run.status", {"status": RUNNING, "attempt": run.attempt},
                                                   studio_wide=True))
     return run

