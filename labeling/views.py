@@ -291,7 +291,12 @@ class ReportListView(generics.ListCreateAPIView):
     def post(self, request, *args, **kwargs):  # noqa: ANN001, ANN201
         form = ReportInputSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        report = actions.create_report(request.user, dict(form.validated_data))
+        data = dict(form.validated_data)
+        if (data.get("response") or data.get("item") or data.get("project")) and not has_access(request.user, ANNOTATOR):
+            # items and responses are labeling data: only annotators may point at them (and copy their text)
+            raise StudioAPIError("permission_denied", "Only annotators may report labeling items by id.",
+                                 "Send the answer itself as 'response_text' (and 'prompt_messages').", status_code=403)
+        report = actions.create_report(request.user, data)
         return APIResponse(ReportSerializer(report).data, status=status.HTTP_201_CREATED)
 
 

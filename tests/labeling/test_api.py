@@ -284,6 +284,14 @@ def test_annotator_reports_an_item_response(client_for, annotator, make_project)
     assert r.prompt_messages[0]["content"].startswith("Question 0")
 
 
+def test_plain_users_cannot_report_by_item_id(client_for, plain_user, make_project):  # noqa: ANN001
+    project = make_project(1, name="rep-plain")
+    response_id = Item.objects.filter(project=project).first().shown_responses()[0].pk
+    resp = client_for(plain_user).post("/api/labeling/reports/", {"category": "other", "response": response_id},
+                                       format="json")
+    assert resp.status_code == 403 and "response_text" in resp.json()["hint"]
+
+
 # ---- snapshots and exports -------------------------------------------------------------------
 
 def test_snapshots_are_immutable_and_versioned(client_for, annotator, builder, make_project):  # noqa: ANN001
