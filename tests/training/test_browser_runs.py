@@ -130,6 +130,13 @@ def test_pretraining_run_live_cancel_resume_finish(page, server):  # noqa: ANN00
     page.reload()
     page.wait_for_function("() => Number(document.querySelector('#chart-loss').dataset.points || 0) >= 300")
     server.shared["run_id"] = run_id
+    # overlay it with another run on the comparison page
+    page.goto(server.url + "/pretraining/")
+    assert page.locator(f'[data-run-status="{run_id}"]').inner_text() == "succeeded"
+    page.get_by_label(f"compare run {run_id}").check()
+    page.get_by_role("button", name="Compare selected").click()
+    page.wait_for_url("**/pretraining/compare/?runs=*")
+    page.wait_for_function("() => Number(document.querySelector('#cmp-loss').dataset.points || 0) >= 300")
 
 
 def test_chat_with_the_checkpoint_streams_tokens_and_reports(page, server):  # noqa: ANN001

@@ -114,10 +114,28 @@
         demo.disabled = false;
       }
     });
+    // statuses in the table follow the studio-wide events
+    followStatuses();
     document.getElementById("compare-button").addEventListener("click", () => {
       const ids = [...document.querySelectorAll(".compare-pick:checked")].map((c) => c.value);
       location.href = "/pretraining/compare/?runs=" + ids.join(",");
     });
+  }
+
+  function followStatuses() {
+    const spans = document.querySelectorAll("[data-run-status]");
+    if (!spans.length) return;
+    api("GET", "/api/events/?limit=1").then((page) => {
+      const last = page.results && page.results.length ? page.results[0].id : 0;
+      window.studio.follow("/ws/events/", {
+        after: last,
+        onEvent: (e) => {
+          if (e.kind !== "run.status" && e.kind !== "run.created") return;
+          const span = document.querySelector(`[data-run-status="${e.payload.run}"]`);
+          if (span && e.payload.status) { span.textContent = e.payload.status; span.className = `status status-${e.payload.status}`; }
+        },
+      });
+    }).catch(() => {});
   }
 
   // ---- charts -------------------------------------------------------------------------------------
