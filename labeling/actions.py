@@ -342,7 +342,7 @@ def _candidates(project: Project, user: Any, gold: bool) -> Any:
         held = (Assignment.objects.filter(item=OuterRef("pk"), slot__isnull=False).order_by()
                 .values("item").annotate(n=Count("id")).values("n"))
         qs = qs.annotate(held=Coalesce(Subquery(held), 0)).filter(held__lt=project.overlap)
-    return qs.order_by("id")
+    return qs.select_related("prompt").order_by("id")
 
 
 def next_item(project: Project, user: Any, *, rng: random.Random | None = None) -> Assignment:
@@ -501,7 +501,9 @@ def gold_correct(item: Item, fields: dict[str, Any]) -> bool | None:
 
 def _answer_fields(item: Item, data: dict[str, Any]) -> dict[str, Any]:
     project = item.project
-    ids = list(item.slots.order_by("position").values_list("response_id", flat=True))
+    ids: list[int] = []
+    if item.kind in (TASK_RANKING, TASK_RATING):  # only these answers name response ids
+        ids = list(item.slots.order_by("position").values_list("response_id", flat=True))
     return validate_answer(item.kind, ids, data, allow_strength=project.allow_strength,
                            criteria=project.criteria_list(), likert_max=project.likert_max)
 
