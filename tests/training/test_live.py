@@ -219,3 +219,22 @@ def test_export_a_checkpoint_as_a_hugging_face_folder(client_for, builder, tiny_
     assert (folder / "tokenizer.json").is_file()
     assert art.ref in [m["ref"] for m in chat_models()]  # the export can be chatted with
     assert client_for(None).post(f"/api/checkpoints/{tiny_checkpoint.pk}/export/", {}, format="json").status_code == 401
+
+
+def test_serving_cache_keeps_models_within_the_memory_budget(tiny_checkpoint, tmp_path):  # noqa: ANN001
+    import shutil
+    from pathlib import Path
+
+    from training.serving import ModelCache
+
+    run_dir = Path(tiny_checkpoint.path).parent.parent
+    other = tmp_path / "copy"
+    shutil.copytree(run_dir, other)
+    first = ModelCache(budget_bytes=2**40)
+    model, _, load_s = first.get(tiny_checkpoint.path)
+    assert load_s > 0 and first.get(tiny_checkpoint.path)[2] == 0.0  # second use: already loaded
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    cache = ModelCache(budget_bytes=int(size * 1.5))  # room for one model only
+    cache.get(tiny_checkpoint.path)
+    cache.get(str(other))
+    assert list(cache.models) == [str(other)]  # the least recently used one was dropped
