@@ -356,7 +356,10 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
         raise NoItem("archived", "This project is archived.")
     rng = rng or random.Random()
     now = timezone.now()
-    for _attempt in range(5):
+    # PostgreSQL: a candidate read just before another transaction committed a slot on it is found
+    # full once locked; each retry is a new transaction with a fresh snapshot
+    attempts = 25
+    for _attempt in range(attempts):
         try:
             with write_transaction():
                 release_expired(project, now)
@@ -388,7 +391,7 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                     candidates = candidates.select_for_update(skip_locked=True, of=("self",))
                 candidate = candidates.first()
                 if candidate is None:
-                    if _attempt < 4 and connection.features.has_select_for_update_skip_locked \
+                    if _attempt < attempts - 1 and connection.features.has_select_for_update_skip_locked \
                             and _candidates(project, user, gold=False).exists():
                         continue  # every free item is being handed out to someone else: look again
                     raise NoItem("no_items", "Nothing left for you to label in this project right now.")
