@@ -38,6 +38,7 @@ def test_openapi_documents_the_training_api(client_for, builder):  # noqa: ANN00
         assert path in schema["paths"], path
 
 
+@pytest.mark.slow
 def test_demo_pipeline_chains_tokenizer_and_pretraining(client_for, builder, data_dir, huey_immediate,
                                                         django_capture_on_commit_callbacks):  # noqa: ANN001
     with django_capture_on_commit_callbacks(execute=True):
