@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from django.conf import settings
@@ -27,7 +28,9 @@ from training.reporting import RunReporter
 log = logging.getLogger(__name__)
 
 EXIT_INVALID, EXIT_CANCELLED, EXIT_DIVERGED = 2, 3, 4
-GRACE_SECONDS = float(getattr(settings, "STUDIO_RUN_GRACE_SECONDS", 30.0))
+GRACE_SECONDS = float(os.environ.get("STUDIO_RUN_GRACE_SECONDS", "30"))
+# extra torchrun flags for runs with several processes, e.g. multi-node rendezvous settings
+TORCHRUN_ARGS = os.environ.get("STUDIO_TORCHRUN_ARGS", "")
 GPU_RETRY_SECONDS = 10
 
 
@@ -61,8 +64,7 @@ def _run_phase(run: Run, phase: str, args: list[str], *, nproc: int = 1) -> Outc
     events = run.events_path
     events.parent.mkdir(parents=True, exist_ok=True)
     args = [*args, "--events", str(events), "--quiet"]
-    cmd = core_command(args, nproc=nproc, torchrun_args=getattr(settings, "STUDIO_TORCHRUN_ARGS", "")
-                       if nproc > 1 else "")
+    cmd = core_command(args, nproc=nproc, torchrun_args=TORCHRUN_ARGS if nproc > 1 else "")
     env = child_env(threads=run.threads, gpus=actions.run_gpus(run), data_dir=settings.DATA_DIR)
     tail = EventTail(events)
     reporter = RunReporter(run.pk, phase)
