@@ -71,3 +71,27 @@ def test_failure_reasons(tmp_path, log, code, end, expected):  # noqa: ANN001
         assert reason["detail"] == "model.vocab_size: too small" and reason["hint"] == "set it to 320"
     else:
         assert log.splitlines()[-1] in reason["log_tail"]
+
+
+def test_cancel_sends_sigterm_then_sigkill_after_the_grace_period(tmp_path):  # noqa: ANN001
+    from training.launch import ChildProcess, supervise
+
+    events = tmp_path / "events.jsonl"
+    script = ("import json, signal, time\n"
+              "signal.signal(signal.SIGTERM, lambda *a: open('%s', 'a').write(json.dumps({'event': 'log', "
+              "'message': 'got SIGTERM, ignoring it'}) + '\\n'))\n"
+              "open('%s', 'a').write(json.dumps({'event': 'step', 'step': 1, 'metrics': {'loss': 1.0}}) + '\\n')\n"
+              "time.sleep(60)\n") % (events, events)
+    tail = EventTail(events)  # before the child starts, so that nothing it writes is missed
+    child = ChildProcess([sys.executable, "-c", script], dict(__import__("os").environ), tmp_path / "run.log")
+    seen: list[dict] = []
+    beats: list[int] = []
+    try:
+        outcome = supervise(child, tail, on_events=seen.extend,
+                            should_cancel=lambda: any(e.get("event") == "step" for e in seen),
+                            on_heartbeat=lambda: beats.append(1), poll_seconds=0.05, cancel_check_seconds=0.05,
+                            grace_seconds=1.0)
+    finally:
+        child.close()
+    assert outcome.cancelled and outcome.killed and outcome.exit_code == -9
+    assert [e["event"] for e in seen] == ["step", "log"] and beats
