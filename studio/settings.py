@@ -167,6 +167,19 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # stable names for choice sets shared by several fields
+    "ENUM_NAME_OVERRIDES": {
+        "RunKindEnum": "training.models.RUN_KINDS",
+        "RunStatusEnum": "training.models.RUN_STATUSES",
+        "ArtifactKindEnum": "training.models.ARTIFACT_KINDS",
+        "ArtifactFormatEnum": "training.models.ARTIFACT_FORMATS",
+        "ArtifactStatusEnum": "training.models.ARTIFACT_STATUSES",
+        "VoteEnum": "training.models.VOTES",
+        "ReportSourceEnum": "labeling.models.REPORT_SOURCES",
+        "ReportStatusEnum": "labeling.models.REPORT_STATUSES",
+        "AssignmentStatusEnum": "labeling.models.ASSIGN_STATUSES",
+        "ResponseSourceKindEnum": "labeling.models.SOURCE_KINDS",
+    },
     # Swagger UI from npm (frontend/package.json), served as static files: nothing from a CDN.
     "SWAGGER_UI_DIST": "/static/vendor/swagger-ui-dist",
     "SWAGGER_UI_FAVICON_HREF": "/static/vendor/swagger-ui-dist/favicon-32x32.png",

@@ -83,3 +83,10 @@ def test_static_assets_are_served_locally(client_for, builder):  # noqa: ANN001
     html = client_for(builder).get("/").content.decode()
     assert "/static/frontend/studio.js" in html and "/static/frontend/studio.css" in html
     assert "//cdn" not in html and "https://" not in html
+
+
+def test_every_signed_in_user_can_reach_the_chat(client_for, plain_user, annotator):  # noqa: ANN001
+    for user in (plain_user, annotator):
+        html = client_for(user).get("/").content.decode()
+        assert 'href="/chat/"' in html
+        assert client_for(user).get("/chat/").status_code == 200

@@ -96,3 +96,11 @@ def test_openapi_schema_and_docs_page(client_for):  # noqa: ANN001
     html = page.content.decode()
     assert "/static/vendor/swagger-ui-dist/swagger-ui-bundle.js" in html
     assert "cdn." not in html and "unpkg" not in html and "jsdelivr" not in html
+
+
+def test_openapi_schema_is_valid_without_warnings(tmp_path):  # noqa: ANN001
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+    assert target.read_text().startswith("openapi: 3")
