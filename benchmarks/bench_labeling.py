@@ -179,9 +179,7 @@ def main() -> None:
             db = f"labbench_{os.getpid()}"
             subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "root", db], check=True)
             try:
-                # no persistent connections under ASGI: see tests/labeling/asgi_pg_settings.py
-                rows += bench_backend("postgres", {"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{db}",
-                                                   "DJANGO_SETTINGS_MODULE": "tests.labeling.asgi_pg_settings"},
+                rows += bench_backend("postgres", {"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{db}"},
                                       args.annotators, args.per_annotator)
             finally:
                 subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", db], check=False)

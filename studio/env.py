@@ -81,7 +81,9 @@ def database_from_url(url: str) -> dict:
         raise SettingError("DATABASE_URL", f"unsupported or malformed URL {mask_url(url)!r} "
                            "(use postgres://… or sqlite:///path)", example)
     try:
-        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+        # No persistent connections: under ASGI each request's sync code runs in a fresh thread,
+        # so persistent connections would pile up (Django's docs: disable them under ASGI).
+        config = dj_database_url.parse(url, conn_max_age=0)
     except Exception as e:  # dj_database_url raises plain ValueErrors
         raise SettingError("DATABASE_URL", f"cannot parse {mask_url(url)!r}: {e}", example) from None
     if config["ENGINE"].endswith("postgresql") and not config.get("NAME"):

@@ -98,7 +98,8 @@ else:
                 "timeout": 20,
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
             },
-            "TEST": {"NAME": DATA_DIR / "test-studio.sqlite3"},
+            # one test database per pytest process, so that two test sessions never share a file
+            "TEST": {"NAME": DATA_DIR / f"test-studio-{os.getpid()}.sqlite3"},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -71,3 +71,35 @@ def studio_server(tmp_path_factory):  # noqa: ANN001, ANN201
     yield server
     code = server.stop()
     assert code == 0, f"the studio did not stop cleanly (exit {code}):\n{server.logs()[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def browser():  # noqa: ANN201
+    """Headless Debian Chromium driven by Playwright, shared by every browser test."""
+    from tests.live import CHROMIUM_ARGS, chromium_path, services_required
+
+    path = chromium_path()
+    if path is None:
+        message = "Debian's chromium is not installed (apt-get install chromium)"
+        if services_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):  # noqa: ANN001, ANN201
+    """A fresh page; the test fails if the page raised a JavaScript error."""
+    from tests.live import new_page
+
+    pg = new_page(browser)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -119,3 +119,25 @@ class Session:
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# --- browser helpers (Playwright driving Debian's Chromium; never a downloaded browser) -------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def new_page(browser, timeout_ms: int = 30_000):  # noqa: ANN001, ANN201
+    """A page in a fresh browser context (its own cookies)."""
+    page = browser.new_context().new_page()
+    page.set_default_timeout(timeout_ms)
+    return page
+
+
+def sign_in(page, server: StudioServer, username: str, password: str) -> None:  # noqa: ANN001
+    """Sign in through the login form and land on the dashboard."""
+    page.goto(server.url + "/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(server.url + "/")

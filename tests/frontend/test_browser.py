@@ -6,46 +6,9 @@ import re
 
 import pytest
 
-from tests.live import chromium_path, services_required
+from tests.live import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
-    path = chromium_path()
-    if path is None:
-        message = "Debian's chromium is not installed (apt-get install chromium)"
-        if services_required():
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):  # noqa: ANN001, ANN201
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
-
-
-def sign_in(page, server, username: str, password: str) -> None:  # noqa: ANN001
-    page.goto(server.url + "/")
-    assert "/accounts/login/" in page.url
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(server.url + "/")
 
 
 def test_sign_in_dashboard_and_navigation(page, studio_server):  # noqa: ANN001

@@ -5,41 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.labeling.live_helpers import setup_project
-from tests.live import chromium_path, services_required
+from tests.live import new_page, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
-    path = chromium_path()
-    if path is None:
-        if services_required():
-            pytest.fail("Debian's chromium is not installed (apt-get install chromium)")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def new_page(browser):  # noqa: ANN001, ANN201
-    page = browser.new_context().new_page()
-    page.set_default_timeout(20_000)
-    return page
-
-
-def sign_in(page, server, username: str, password: str) -> None:  # noqa: ANN001
-    page.goto(server.url + "/accounts/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(server.url + "/")
 
 
 def test_annotator_labels_five_pairs_by_keyboard_and_moderator_resolves_a_report(browser, studio_server):  # noqa: ANN001

@@ -42,10 +42,8 @@ def postgres_server(tmp_path_factory):  # noqa: ANN001, ANN201
         if services_required():
             pytest.fail("PostgreSQL on 127.0.0.1:5432 is needed (user root)")
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    # no persistent connections: see tests/labeling/asgi_pg_settings.py
     server = StudioServer(tmp_path_factory.mktemp("studio-pg"),
-                          env={"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{name}",
-                               "DJANGO_SETTINGS_MODULE": "tests.labeling.asgi_pg_settings"}).start()
+                          env={"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{name}"}).start()
     yield server
     server.stop()
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", name], capture_output=True)

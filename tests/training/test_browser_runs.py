@@ -9,27 +9,9 @@ import time
 
 import pytest
 
-from tests.live import StudioServer, chromium_path, services_required
+from tests.live import StudioServer, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
-    path = chromium_path()
-    if path is None:
-        if services_required():
-            pytest.fail("Debian's chromium is not installed")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +31,6 @@ def server(tmp_path_factory):  # noqa: ANN001, ANN201
     srv.shared = {}
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def page(browser):  # noqa: ANN001, ANN201
-    context = browser.new_context()
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    context.close()
-    assert not errors, errors
-
-
-def sign_in(page, server, username: str, password: str) -> None:  # noqa: ANN001
-    page.goto(server.url + "/accounts/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(server.url + "/")
 
 
 def points(page, canvas: str = "#chart-loss") -> int:  # noqa: ANN001
