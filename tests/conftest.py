@@ -73,9 +73,12 @@ def studio_server(tmp_path_factory):  # noqa: ANN001, ANN201
     assert code == 0, f"the studio did not stop cleanly (exit {code}):\n{server.logs()[-4000:]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():  # noqa: ANN201
-    """Headless Debian Chromium driven by Playwright, shared by every browser test."""
+    """Headless Debian Chromium driven by Playwright, shared by the tests of one module.
+
+    Module scope on purpose: sync Playwright keeps an event loop running while it is open, which
+    would break ``asyncio.run`` in the websocket tests of later modules."""
     from tests.live import CHROMIUM_ARGS, chromium_path, services_required
 
     path = chromium_path()
