@@ -117,6 +117,22 @@ class Session:
             return e.code, json.loads(e.read() or b"null")
 
 
+async def websocket_outcome(url: str, headers: dict[str, str]) -> str:
+    """Try a websocket and say what happened: "open", "closed <code>" or "rejected <HTTP status>"."""
+    import asyncio
+
+    import websockets
+
+    try:
+        async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
+            await asyncio.wait_for(ws.recv(), timeout=5)
+            return "open"
+    except websockets.exceptions.ConnectionClosed as e:
+        return f"closed {e.rcvd.code if e.rcvd else ''}"
+    except websockets.exceptions.InvalidStatus as e:
+        return f"rejected {e.response.status_code}"
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -9,6 +9,8 @@ import json
 import pytest
 import websockets
 
+from tests.live import websocket_outcome
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
@@ -43,20 +45,10 @@ def test_event_from_a_huey_worker_reaches_a_websocket_client(studio_server):  # 
 def test_websocket_refuses_anonymous_and_foreign_origins(studio_server):  # noqa: ANN001
     ws_url = studio_server.url.replace("http", "ws") + "/ws/events/"
 
-    async def attempt(headers: dict[str, str]) -> str:
-        try:
-            async with websockets.connect(ws_url, additional_headers=headers, open_timeout=10) as ws:
-                await asyncio.wait_for(ws.recv(), timeout=5)
-                return "open"
-        except websockets.exceptions.ConnectionClosed as e:
-            return f"closed {e.rcvd.code if e.rcvd else ''}"
-        except websockets.exceptions.InvalidStatus as e:
-            return f"rejected {e.response.status_code}"
-
     # a consumer that closes before accepting is refused at the handshake
-    assert asyncio.run(attempt({"Origin": studio_server.url})) in ("rejected 403", "closed 4401")
+    assert asyncio.run(websocket_outcome(ws_url, {"Origin": studio_server.url})) in ("rejected 403", "closed 4401")
     session = studio_server.session("annotator", "annotator-demo-pass")
-    result = asyncio.run(attempt({"Origin": "http://evil.example", "Cookie": session.cookie_header()}))
+    result = asyncio.run(websocket_outcome(ws_url, {"Origin": "http://evil.example", "Cookie": session.cookie_header()}))
     assert result.startswith("rejected 403")
 
 

@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from tests.labeling.live_helpers import check_project, setup_project
+from tests.live import websocket_outcome
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -137,14 +138,4 @@ def test_dashboard_websocket_receives_judgements(studio_server):  # noqa: ANN001
     # annotators do not get the builders' dashboard stream
     ann_headers = {"Cookie": annotator.cookie_header(), "Origin": studio_server.url}
 
-    async def refused() -> str:
-        try:
-            async with websockets.connect(url, additional_headers=ann_headers, open_timeout=10) as ws:
-                await asyncio.wait_for(ws.recv(), timeout=5)
-                return "open"
-        except websockets.exceptions.ConnectionClosed as e:
-            return f"closed {e.rcvd.code if e.rcvd else ''}"
-        except websockets.exceptions.InvalidStatus as e:
-            return f"rejected {e.response.status_code}"
-
-    assert asyncio.run(refused()) in ("rejected 403", "closed 4403")
+    assert asyncio.run(websocket_outcome(url, ann_headers)) in ("rejected 403", "closed 4403")

@@ -5,6 +5,7 @@ report an answer and find it in the moderators' queue."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -187,3 +188,15 @@ def test_compare_mode_vote(page, server):  # noqa: ANN001
     assert page.locator("li.pair li.msg.assistant").count() == 2
     page.locator("li.votes button[data-vote='tie']").click()
     page.locator("li.votes").filter(has_text="A was").wait_for()
+
+
+def test_upload_a_text_file_as_a_dataset(page, server, tmp_path):  # noqa: ANN001
+    notes = tmp_path / "notes.txt"
+    notes.write_text("It is a truth universally acknowledged.\n\nA second paragraph of real words.\n")
+    sign_in(page, server, "builder", "builder-demo-pass")
+    page.goto(server.url + "/tokenizers/")
+    page.get_by_label(".txt or .jsonl file").set_input_files(str(notes))
+    page.get_by_label("Dataset name").fill("uploaded-notes")
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_load_state()
+    page.get_by_role("cell", name=re.compile("^uploaded-notes")).first.wait_for()

@@ -8,12 +8,16 @@
     return m ? decodeURIComponent(m[1]) : "";
   }
 
+  // JSON bodies are encoded; a FormData body (file uploads) is sent as multipart.
   async function api(method, url, body) {
+    const isForm = body instanceof FormData;
+    const headers = { "X-CSRFToken": cookie("csrftoken"), Accept: "application/json" };
+    if (!isForm) headers["Content-Type"] = "application/json";
     const res = await fetch(url, {
       method,
       credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": cookie("csrftoken"), Accept: "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
+      headers,
+      body: body === undefined ? undefined : isForm ? body : JSON.stringify(body),
     });
     const data = res.status === 204 ? null : await res.json().catch(() => null);
     if (!res.ok) {

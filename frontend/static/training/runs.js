@@ -407,14 +407,10 @@
     uform.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       clearErrors(uform);
-      const data = new FormData(uform);
-      const res = await fetch("/api/datasets/upload/", { method: "POST", body: data, credentials: "same-origin",
-        headers: { "X-CSRFToken": (document.cookie.match(/(?:^|; )csrftoken=([^;]*)/) || [])[1] || "", Accept: "application/json" } });
-      if (res.ok) { location.reload(); return; }
-      const body = await res.json().catch(() => ({}));
-      const err = new Error(body.detail || res.statusText);
-      err.body = body;
-      showErrors(uform, err);
+      try {
+        await api("POST", "/api/datasets/upload/", new FormData(uform));
+        location.reload();
+      } catch (err) { showErrors(uform, err); }
     });
   }
 
