@@ -107,8 +107,8 @@ def test_a_good_checkpoint_is_never_overwritten(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, 5, model, opt, trainer_state={"marker": "second"})
     kept = [d for d in (tmp_path / "checkpoints").iterdir() if d.name.startswith("step_000005.superseded-")]
     assert len(kept) == 1
-    assert torch.load(kept[0] / "trainer_state.pt", weights_only=False)["marker"] == "first"
-    assert torch.load(p / "trainer_state.pt", weights_only=False)["marker"] == "second"
+    assert torch.load(kept[0] / "trainer_state.pt", weights_only=True)["marker"] == "first"
+    assert torch.load(p / "trainer_state.pt", weights_only=True)["marker"] == "second"
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path: Path) -> None:
@@ -116,6 +116,49 @@ def test_keep_last_prunes_old_checkpoints(tmp_path: Path) -> None:
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, model, opt, keep_last=2)
     assert sorted(d.name for d in (tmp_path / "checkpoints").glob("step_*")) == ["step_000002", "step_000003"]
+
+
+class _RunsCode:
+    """Unpickling this object would create a file: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return Path.touch, (str(self.target),)  # type: ignore[return-value]
+
+
+def test_loading_a_checkpoint_never_runs_code(tmp_path: Path) -> None:
+    """Side files are read with weights_only=True: a pickle that would run code is refused."""
+    model, opt = _tiny_model()
+    p = save_checkpoint(tmp_path, 1, model, opt)
+    state = load_checkpoint(p, model, opt)
+    assert isinstance(state["rank_state"]["rng"]["numpy"]["keys"], torch.Tensor)  # no numpy arrays in the file
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "evil": _RunsCode(marker)}, p / "trainer_state.pt")
+    manifest = json.loads((p / "checkpoint.json").read_text())
+    manifest["files"]["trainer_state.pt"] = (p / "trainer_state.pt").stat().st_size  # pass the size check
+    (p / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="trainer_state.pt"):
+        load_checkpoint(p, model, opt)
+    assert not marker.exists()
+
+
+def test_rng_state_round_trips_and_older_numpy_states_still_load(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from training.core.checkpoint import _torch_load, capture_rng_state, restore_rng_state
+
+    torch.save({"rng": capture_rng_state()}, tmp_path / "new.pt")
+    torch.save({"rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # the older layout
+                        "python": random.getstate()}}, tmp_path / "old.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    for name in ("new.pt", "old.pt"):
+        restore_rng_state(_torch_load(tmp_path / name)["rng"])
+        got = (torch.rand(3), np.random.rand(3), random.random())
+        assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
 
 def test_missing_and_corrupt_checkpoints_raise_clear_errors(tmp_path: Path) -> None:

@@ -171,9 +171,11 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 def capture_rng_state() -> dict[str, Any]:
     """All the random generators a run uses: torch CPU, torch CUDA (all devices), numpy, python."""
-    state: dict[str, Any] = {
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {  # plain tensors, ints and tuples: loadable with weights_only=True
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -184,7 +186,11 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        npst = (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                npst["cached_gaussian"])
+    np.random.set_state(npst)
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -300,9 +306,17 @@ def _prune(root: Path, keep_last: int) -> None:
 # Load
 # --------------------------------------------------------------------------------------------
 
+# Checkpoints written before the RNG states were stored as tensors hold numpy arrays; these
+# globals only rebuild arrays (no code runs), so they are allowed on top of weights_only.
+_NUMPY_ARRAY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def _torch_load(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``): a
+    checkpoint file can never run code when it is read."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
         raise CheckpointError(path, f"cannot read {path.name} ({type(e).__name__}: {e})",
                               "the checkpoint is damaged; use an earlier one") from None
