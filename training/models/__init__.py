@@ -255,3 +255,6 @@ class PreferenceVote(models.Model):
         ordering = ["-id"]
         constraints = [models.CheckConstraint(condition=Q(vote__in=[v for v, _ in VOTES]),
                                               name="training_vote_choice")]
+
+
+from training.models.datastudio import CurationRun, DataSource  # noqa: E402,F401  (data studio)
