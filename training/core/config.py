@@ -358,3 +358,237 @@ class PretrainConfig(BaseConfig):
     def tokens_per_step(self) -> int:
         """Tokens one optimizer step sees on ONE rank (multiply by the world size for the global figure)."""
         return self.data.seq_len * self.data.micro_batch_size * self.data.grad_accum_steps
+
+
+# --------------------------------------------------------------------------------------------
+# Post-training runs (SFT, reward model, DPO, PPO): common settings
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PostTrainingConfig(BaseConfig):
+    """Settings every post-training loop shares (same names in SFT, reward, DPO and PPO configs).
+
+    ``init_from`` (required) is where the policy starts: a checkpoint folder, a run folder (its
+    latest checkpoint), an export or Hugging Face folder, a ``.gguf`` file or ``"smollm2"``.
+    ``tokenizer_dir`` ``""`` uses the tokenizer found next to ``init_from``. ``train_file`` is a
+    JSONL or Parquet file of records in the TRL formats (see ``training.core.data.preference``);
+    without ``eval_file`` an ``eval_fraction`` of it is held out. ``steps`` counts optimizer
+    steps; one step sees ``micro_batch_size * grad_accum_steps`` examples per rank.
+    ``resume_from`` is a checkpoint, a run folder or ``"auto"`` (resume from ``out_dir`` when it
+    holds a checkpoint).
+    """
+
+    init_from: str = ""
+    tokenizer_dir: str = ""
+    train_file: str = ""
+    eval_file: str = ""
+    eval_fraction: float = 0.05
+    out_dir: str = "var/runs/post-training"
+    steps: int = 100
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    max_seq_len: int = 512
+    eval_every: int = 50
+    ckpt_every: int = 100
+    log_every: int = 1
+    keep_last: int = 0
+    seed: int = 0
+    dtype: Literal["fp32", "bf16", "auto"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    resume_from: str = ""
+    activation_checkpointing: bool = False
+    fsdp_mixed_precision: bool = True
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0, weight_decay=0.0,
+                                                                   min_lr_ratio=1.0))
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.init_from, str) and self.init_from != "", "init_from",
+                 "a post-training run needs a model to start from",
+                 "a checkpoint or run folder, an export or Hugging Face folder, a .gguf file or 'smollm2'")
+        _require(isinstance(self.tokenizer_dir, str), "tokenizer_dir", "must be a folder path or empty")
+        _require(isinstance(self.train_file, str) and self.train_file != "", "train_file",
+                 "no training records given", "a JSONL or Parquet file exported from a labeling snapshot")
+        _require(isinstance(self.eval_file, str), "eval_file", "must be a file path or empty")
+        _require(isinstance(self.eval_fraction, (int, float)) and 0.0 <= self.eval_fraction < 1.0,
+                 "eval_fraction", f"must be in [0, 1), got {self.eval_fraction!r}",
+                 "0.05 holds out 5% of train_file for evaluation; 0 disables it")
+        _require(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir",
+                 "must name a folder", "checkpoints and the run's config are written there")
+        for name in ("steps", "micro_batch_size", "grad_accum_steps", "max_seq_len", "log_every"):
+            v = getattr(self, name)
+            _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
+                     f"must be a positive integer, got {v!r}")
+        for name in ("eval_every", "ckpt_every", "keep_last", "seed"):
+            v = getattr(self, name)
+            _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name,
+                     f"must be a non-negative integer, got {v!r}", "0 disables it" if name != "seed" else "")
+        _require(self.dtype in ("fp32", "bf16", "auto"), "dtype",
+                 f"must be 'fp32', 'bf16' or 'auto', got {self.dtype!r}")
+        _require(self.device in ("auto", "cpu", "cuda"), "device",
+                 f"must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        _require(isinstance(self.resume_from, str), "resume_from",
+                 "must be a checkpoint or run folder, 'auto' or empty")
+        _require(isinstance(self.optim, OptimConfig), "optim", "must be an optimizer config (a mapping)")
+
+
+def _in_range(value: Any, low: float, high: float, *, low_open: bool = False) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return (low < value if low_open else low <= value) and value <= high
+
+
+# --------------------------------------------------------------------------------------------
+# Direct preference optimization
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DPOConfig(PostTrainingConfig):
+    """Direct preference optimization on ``{prompt, chosen, rejected}`` records.
+
+    ``loss_type``: ``sigmoid`` (DPO, Rafailov et al. 2023, with optional ``label_smoothing``
+    as in conservative DPO), ``ipo`` (Azar et al. 2023, length-normalized log-probs) or
+    ``hinge`` (SLiC). ``beta`` is the strength of the implicit KL constraint (for IPO, the
+    regularization τ). The reference is a frozen copy of ``ref_model`` (``""`` = ``init_from``);
+    ``precompute_ref_logps`` scores every pair with it once before training and frees it.
+    Prompts are cut to their last ``max_prompt_len`` tokens and prompt + answer to
+    ``max_seq_len``. Fewer than ``min_pairs`` usable pairs is refused before any compute.
+
+    >>> DPOConfig(init_from="smollm2", train_file="pairs.jsonl").loss_type
+    'sigmoid'
+    """
+
+    out_dir: str = "var/runs/dpo"
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = 0.0
+    ref_model: str = ""
+    precompute_ref_logps: bool = False
+    max_prompt_len: int = 256
+    min_pairs: int = 8
+
+    LOSS_TYPES: ClassVar[tuple[str, ...]] = ("sigmoid", "ipo", "hinge")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(_in_range(self.beta, 0.0, 1e6, low_open=True), "beta", f"must be positive, got {self.beta!r}",
+                 "0.1 is usual; larger keeps the policy closer to the reference")
+        _require(self.loss_type in self.LOSS_TYPES, "loss_type",
+                 f"must be one of {', '.join(self.LOSS_TYPES)}, got {self.loss_type!r}",
+                 "sigmoid is the original DPO loss")
+        _require(_in_range(self.label_smoothing, 0.0, 0.5) and (self.label_smoothing < 0.5), "label_smoothing",
+                 f"must be in [0, 0.5), got {self.label_smoothing!r}", "the assumed share of flipped labels; 0 is usual")
+        _require(self.label_smoothing == 0.0 or self.loss_type == "sigmoid", "label_smoothing",
+                 "label smoothing applies to the sigmoid loss only", "set it to 0 or use loss_type='sigmoid'")
+        _require(isinstance(self.ref_model, str), "ref_model", "must be a model path or empty (= init_from)")
+        _require(isinstance(self.precompute_ref_logps, bool), "precompute_ref_logps", "must be true or false")
+        _require(isinstance(self.max_prompt_len, int) and 0 < self.max_prompt_len < self.max_seq_len,
+                 "max_prompt_len", f"must be positive and below max_seq_len={self.max_seq_len}, "
+                                   f"got {self.max_prompt_len!r}", "leave room for the answers")
+        _require(isinstance(self.min_pairs, int) and self.min_pairs >= 1, "min_pairs",
+                 f"must be a positive integer, got {self.min_pairs!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Proximal policy optimization (RLHF)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PPOConfig(PostTrainingConfig):
+    """PPO with a KL penalty against a frozen reference (Ouyang et al. 2022; TRL's PPOTrainer).
+
+    ``train_file`` holds prompts (``{prompt}`` or ``{messages}`` records). Each step samples
+    ``micro_batch_size * grad_accum_steps * num_mini_batches`` prompts per rank, generates up to
+    ``max_new_tokens`` with the KV-cache generator, scores the completions with ``reward_model``
+    (a reward-model checkpoint) or ``reward_fn`` (a rule-based reward by name, see
+    ``training.core.rewards``; exactly one of the two), subtracts ``missing_eos_penalty`` from
+    the score of completions that never emit an end token, and shapes per-token rewards with
+    ``-kl_coef * KL`` (``kl_estimator`` ``k1`` = ``log(pi/ref)``, ``k3`` = ``(ref/pi - 1) - log(ref/pi)``).
+    Advantages come from GAE (``gamma``, ``lam``) over a value head on the policy; then
+    ``ppo_epochs`` passes over ``num_mini_batches`` minibatches with the clipped policy loss
+    (``cliprange``) and the clipped value loss (``cliprange_value``, weight ``vf_coef``).
+
+    Health flags in the step metrics (1 = warn): ``health/kl_runaway`` when ``objective/kl``
+    exceeds ``kl_warn``, ``health/entropy_collapse`` when ``objective/entropy`` falls below
+    ``entropy_warn`` and ``health/ratio_drift`` when ``|val/ratio - 1|`` exceeds ``ratio_warn``.
+
+    >>> PPOConfig(init_from="smollm2", train_file="prompts.jsonl", reward_fn="brevity").kl_estimator
+    'k1'
+    """
+
+    out_dir: str = "var/runs/ppo"
+    reward_model: str = ""
+    reward_fn: str = ""
+    ref_model: str = ""
+    num_mini_batches: int = 1
+    ppo_epochs: int = 4
+    max_prompt_len: int = 128
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    kl_coef: float = 0.05
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    missing_eos_penalty: float = 0.0
+    min_prompts: int = 8
+    kl_warn: float = 10.0
+    entropy_warn: float = 0.05
+    ratio_warn: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(isinstance(self.reward_model, str) and isinstance(self.reward_fn, str), "reward_model",
+                 "must be a path (reward_model) or a name (reward_fn)")
+        _require(bool(self.reward_model) != bool(self.reward_fn), "reward_model",
+                 "give exactly one of reward_model (a reward-model checkpoint) and reward_fn (a rule-based reward)",
+                 "train a reward model with `cli reward`, or use e.g. reward_fn='brevity' for a demo")
+        if self.reward_fn:
+            from training.core.rewards import RewardFunctionError, resolve_reward_fn
+
+            try:
+                resolve_reward_fn(self.reward_fn)
+            except RewardFunctionError as e:
+                raise ConfigError("reward_fn", e.message, e.hint) from None
+        _require(isinstance(self.ref_model, str), "ref_model", "must be a model path or empty (= init_from)")
+        for name in ("num_mini_batches", "ppo_epochs", "max_prompt_len", "max_new_tokens", "min_prompts"):
+            v = getattr(self, name)
+            _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
+                     f"must be a positive integer, got {v!r}")
+        _require(self.max_prompt_len + self.max_new_tokens <= self.max_seq_len, "max_new_tokens",
+                 f"max_prompt_len ({self.max_prompt_len}) + max_new_tokens ({self.max_new_tokens}) exceeds "
+                 f"max_seq_len={self.max_seq_len}", "shorten one of them or raise max_seq_len")
+        _require(_in_range(self.temperature, 0.0, 10.0, low_open=True), "temperature",
+                 f"must be in (0, 10], got {self.temperature!r}", "PPO samples; 0.7 to 1.0 is usual")
+        _require(isinstance(self.top_k, int) and self.top_k >= 0, "top_k",
+                 f"must be a non-negative integer, got {self.top_k!r}", "0 disables it")
+        _require(_in_range(self.top_p, 0.0, 1.0, low_open=True), "top_p", f"must be in (0, 1], got {self.top_p!r}",
+                 "1.0 disables it")
+        _require(_in_range(self.kl_coef, 0.0, 1e3), "kl_coef", f"must be >= 0, got {self.kl_coef!r}",
+                 "0.05 is usual; larger keeps the policy closer to the reference")
+        _require(self.kl_estimator in ("k1", "k3"), "kl_estimator",
+                 f"must be 'k1' or 'k3', got {self.kl_estimator!r}",
+                 "k1 = log(pi/ref), unbiased; k3 = (ref/pi - 1) - log(ref/pi), unbiased and never negative")
+        _require(_in_range(self.gamma, 0.0, 1.0), "gamma", f"must be in [0, 1], got {self.gamma!r}")
+        _require(_in_range(self.lam, 0.0, 1.0), "lam", f"must be in [0, 1], got {self.lam!r}", "0.95 is usual")
+        _require(_in_range(self.cliprange, 0.0, 10.0, low_open=True), "cliprange",
+                 f"must be positive, got {self.cliprange!r}", "0.2 is usual")
+        _require(_in_range(self.cliprange_value, 0.0, 1e6, low_open=True), "cliprange_value",
+                 f"must be positive, got {self.cliprange_value!r}", "0.2 is usual")
+        _require(_in_range(self.vf_coef, 0.0, 1e3), "vf_coef", f"must be >= 0, got {self.vf_coef!r}")
+        _require(isinstance(self.whiten_rewards, bool), "whiten_rewards", "must be true or false")
+        _require(_in_range(self.missing_eos_penalty, 0.0, 1e6), "missing_eos_penalty",
+                 f"must be >= 0, got {self.missing_eos_penalty!r}", "0 disables it; 1.0 is a common value")
+        _require(_in_range(self.kl_warn, 0.0, 1e9, low_open=True), "kl_warn", f"must be positive, got {self.kl_warn!r}")
+        _require(_in_range(self.entropy_warn, 0.0, 1e9), "entropy_warn", f"must be >= 0, got {self.entropy_warn!r}")
+        _require(_in_range(self.ratio_warn, 0.0, 1e9, low_open=True), "ratio_warn",
+                 f"must be positive, got {self.ratio_warn!r}")
+
+    @property
+    def rollouts_per_step(self) -> int:
+        """Prompts one PPO step generates for, on ONE rank."""
+        return self.micro_batch_size * self.grad_accum_steps * self.num_mini_batches
