@@ -592,3 +592,102 @@ class PPOConfig(PostTrainingConfig):
     def rollouts_per_step(self) -> int:
         """Prompts one PPO step generates for, on ONE rank."""
         return self.micro_batch_size * self.grad_accum_steps * self.num_mini_batches
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA, supervised fine-tuning and reward models
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoRAConfig(BaseConfig):
+    """Low-rank adapters (Hu et al. 2021) on the projections named in ``targets`` of every block.
+
+    ``rank`` 0 disables them (every weight trains). With ``rank`` r > 0 each targeted weight W
+    is frozen and ``W + (alpha / r) * B @ A`` is used, A (r, in) and B (out, r) trainable, B
+    starting at zero; checkpoints hold the merged, plain weights (see ``training.core.lora``).
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+    TARGETS: ClassVar[tuple[str, ...]] = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 0, "rank",
+                 f"must be a non-negative integer, got {self.rank!r}", "0 trains every weight; 8 to 64 is usual")
+        _require(isinstance(self.alpha, (int, float)) and self.alpha > 0, "alpha",
+                 f"must be positive, got {self.alpha!r}", "the adapter scale is alpha / rank; 16 is usual")
+        if isinstance(self.targets, (list, str)):
+            object.__setattr__(self, "targets", (self.targets,) if isinstance(self.targets, str) else tuple(self.targets))
+        bad = [t for t in self.targets if t not in self.TARGETS]
+        _require(not bad and len(self.targets) > 0, "targets",
+                 f"unknown projection(s) {bad}" if bad else "name at least one projection",
+                 f"choose among {', '.join(self.TARGETS)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
+@dataclass(frozen=True)
+class SFTConfig(PostTrainingConfig):
+    """Supervised fine-tuning on chat records: ``{messages}`` or ``{prompt, completion}``.
+
+    Examples are rendered with the tokenizer's chat template and cut to ``max_seq_len`` tokens.
+    ``assistant_only_loss`` scores only the assistant turns (with their end-of-turn token);
+    otherwise every token but the padding. ``packing`` fills each row of ``max_seq_len`` tokens
+    with several whole examples (less padding); without it a row holds one example. A train file
+    with fewer than ``min_examples`` usable examples is refused before any compute.
+
+    >>> SFTConfig(init_from="smollm2", train_file="sft.jsonl").packing
+    True
+    """
+
+    out_dir: str = "var/runs/sft"
+    assistant_only_loss: bool = True
+    packing: bool = True
+    min_examples: int = 1
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(isinstance(self.assistant_only_loss, bool), "assistant_only_loss", "must be true or false")
+        _require(isinstance(self.packing, bool), "packing", "must be true or false")
+        _require(isinstance(self.min_examples, int) and not isinstance(self.min_examples, bool)
+                 and self.min_examples >= 1, "min_examples", f"must be a positive integer, got {self.min_examples!r}")
+        _require(isinstance(self.lora, LoRAConfig), "lora", "must be a LoRA config (a mapping)")
+
+
+@dataclass(frozen=True)
+class RewardConfig(PostTrainingConfig):
+    """A reward model: the transformer of ``init_from`` with a scalar head, on preference pairs.
+
+    Bradley–Terry loss ``-log sigmoid(r_chosen - r_rejected - margin)`` (the record's ``margin``
+    when ``use_margin`` and the file has one) plus ``center_rewards_coefficient * mean((r_chosen
+    + r_rejected)^2)`` (TRL's reward centering; 1e-2 is usual, 0 disables it). A train file with
+    fewer than ``min_pairs`` usable pairs is refused before any compute. ``calibration_bins``
+    is the number of predicted-probability bins of the held-out calibration table.
+
+    >>> RewardConfig(init_from="smollm2", train_file="pairs.jsonl").min_pairs
+    16
+    """
+
+    out_dir: str = "var/runs/reward"
+    center_rewards_coefficient: float = 0.0
+    use_margin: bool = True
+    min_pairs: int = 16
+    calibration_bins: int = 10
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(_in_range(self.center_rewards_coefficient, 0.0, 1e3), "center_rewards_coefficient",
+                 f"must be >= 0, got {self.center_rewards_coefficient!r}",
+                 "1e-2 keeps rewards centred on zero; 0 disables the term")
+        _require(isinstance(self.use_margin, bool), "use_margin", "must be true or false")
+        _require(isinstance(self.min_pairs, int) and not isinstance(self.min_pairs, bool) and self.min_pairs >= 1,
+                 "min_pairs", f"must be a positive integer, got {self.min_pairs!r}")
+        _require(isinstance(self.calibration_bins, int) and 2 <= self.calibration_bins <= 100, "calibration_bins",
+                 f"must be an integer in [2, 100], got {self.calibration_bins!r}")
+        _require(isinstance(self.lora, LoRAConfig), "lora", "must be a LoRA config (a mapping)")
