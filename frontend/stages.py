@@ -24,7 +24,7 @@ STAGES: tuple[Stage, ...] = (
           "Train a Llama-family model from scratch with next-token or masked-LM objectives, on one CPU or many GPUs.",
           own_pages=True),
     Stage("fine-tuning", "Fine-tuning", "builder",
-          "Supervised fine-tuning, reward models, PPO and DPO on the studio's own human feedback."),
+          "Supervised fine-tuning, reward models, PPO and DPO on the studio's own human feedback.", own_pages=True),
     Stage("labeling", "Labeling", "annotator",
           "Rate, rank and correct model answers; the judgements become training data.", own_pages=True),
     Stage("evaluation", "Evaluation", "builder",

@@ -27,7 +27,9 @@ from training.models import (
     CANCELLED,
     FAILED,
     INTERRUPTED,
+    CHAT_KINDS,
     LAUNCHABLE_KINDS,
+    POSTTRAIN_KINDS,
     QUEUED,
     RESUMABLE_STATUSES,
     RUNNING,
@@ -292,11 +294,17 @@ def _enqueue(run_id: int) -> None:
 
 def do_create_run(user: Any, *, kind: str, name: str = "", config: dict[str, Any] | None = None,
                   dataset: Any = None, tokenizer: Any = None, parent_checkpoint: Any = None, nproc: int = 1,
-                  threads: int = 0, gpus: str = "", cloned_from: Run | None = None) -> Run:
-    """Validate and create a run, then (on commit) enqueue it. ``dataset`` etc. are ids or None."""
+                  threads: int = 0, gpus: str = "", cloned_from: Run | None = None, base: str = "",
+                  snapshot: Any = None, reward: str = "") -> Run:
+    """Validate and create a run, then (on commit) enqueue it. ``dataset`` etc. are ids or None.
+    Fine-tuning and RLHF kinds take ``base`` (``checkpoint:<id>`` / ``model:<id>``), ``snapshot``
+    (a labeling snapshot id) and, for PPO, ``reward`` (see :mod:`training.posttrain`)."""
     if kind not in LAUNCHABLE_KINDS:
         raise StudioAPIError(codes.KIND_NOT_LAUNCHABLE, f"Runs of kind {kind!r} cannot be launched yet.",
                              codes.HINTS[codes.KIND_NOT_LAUNCHABLE], 400, {"kind": [f"one of {', '.join(LAUNCHABLE_KINDS)}"]})
+    if kind in POSTTRAIN_KINDS:
+        return _create_posttrain_run(user, kind=kind, name=name, config=config, base=base, snapshot=snapshot,
+                                     reward=reward, nproc=nproc, threads=threads, gpus=gpus, cloned_from=cloned_from)
     ds = _get(DatasetVersion, dataset, codes.DATASET_MISSING, "Dataset version", "dataset")
     tok = _get(Tokenizer, tokenizer, codes.TOKENIZER_MISSING, "Tokenizer", "tokenizer")
     parent = _get(Checkpoint, parent_checkpoint, codes.CHECKPOINT_MISSING, "Checkpoint", "parent_checkpoint")
@@ -321,19 +329,46 @@ def do_create_run(user: Any, *, kind: str, name: str = "", config: dict[str, Any
             raise StudioAPIError(codes.CHECKPOINT_MISSING, f"Checkpoint {parent.pk} is gone from {parent.path}.",
                                  codes.HINTS[codes.CHECKPOINT_MISSING], 400, {"parent_checkpoint": ["files missing"]})
         total = int(resolved["steps"])
-    if not isinstance(nproc, int) or not 1 <= nproc <= 64:
-        raise _invalid({"nproc": ["between 1 and 64"]}, "nproc must be between 1 and 64.")
-    pool = gpu_pool()
-    if kind == "pretrain" and pool and not gpus.strip() and resolved.get("device") in ("cuda", "auto") and nproc > len(pool):
-        raise _invalid({"nproc": [f"at most {len(pool)}: STUDIO_GPUS has {len(pool)} GPUs"]},
-                       f"The run asks for {nproc} GPUs; the studio manages {len(pool)}.")
-    if not isinstance(threads, int) or not 0 <= threads <= 256:
-        raise _invalid({"threads": ["between 0 (automatic) and 256"]}, "threads is out of range.")
+    _check_processes(kind, resolved, nproc, threads, gpus)
     with transaction.atomic():
         run = Run.objects.create(
             kind=kind, name=(name or "").strip()[:120] or f"{kind} on {ds.name}", config=resolved, dataset=ds,
             tokenizer=tok, parent_checkpoint=parent, nproc=nproc, threads=threads, gpus=gpus.strip(),
             total_steps=total, cloned_from=cloned_from, created_by=user if getattr(user, "pk", None) else None)
+        rid = run.pk
+        transaction.on_commit(lambda: publish_run(rid, "run.created", {"kind": kind, "name": run.name,
+                                                                        "status": QUEUED}, studio_wide=True))
+        transaction.on_commit(lambda: _enqueue(rid))
+    return run
+
+
+def _check_processes(kind: str, resolved: dict[str, Any], nproc: Any, threads: Any, gpus: str) -> None:
+    if not isinstance(nproc, int) or not 1 <= nproc <= 64:
+        raise _invalid({"nproc": ["between 1 and 64"]}, "nproc must be between 1 and 64.")
+    pool = gpu_pool()
+    if kind != "tokenizer" and pool and not gpus.strip() and resolved.get("device") in ("cuda", "auto") and nproc > len(pool):
+        raise _invalid({"nproc": [f"at most {len(pool)}: STUDIO_GPUS has {len(pool)} GPUs"]},
+                       f"The run asks for {nproc} GPUs; the studio manages {len(pool)}.")
+    if not isinstance(threads, int) or not 0 <= threads <= 256:
+        raise _invalid({"threads": ["between 0 (automatic) and 256"]}, "threads is out of range.")
+
+
+def _create_posttrain_run(user: Any, *, kind: str, name: str, config: dict[str, Any] | None, base: str,
+                          snapshot: Any, reward: str, nproc: int, threads: int, gpus: str,
+                          cloned_from: Run | None) -> Run:
+    """A fine-tuning / RLHF run: inputs and config checked by :func:`training.posttrain.resolve`
+    (refusals before any compute), the snapshot recorded as the run's data lineage."""
+    from training import posttrain
+
+    out = posttrain.resolve(kind, config, base=base, snapshot=snapshot, reward=reward)
+    _check_processes(kind, out["config"], nproc, threads, gpus)
+    src = out["base"]
+    with transaction.atomic():
+        run = Run.objects.create(
+            kind=kind, name=(name or "").strip()[:120] or f"{kind} on {out['snapshot'].label}", config=out["config"],
+            parent_checkpoint=src.get("checkpoint"), labeling_snapshot_id=out["snapshot"].pk, nproc=nproc,
+            threads=threads, gpus=gpus.strip(), total_steps=out["total_steps"], cloned_from=cloned_from,
+            created_by=user if getattr(user, "pk", None) else None)
         rid = run.pk
         transaction.on_commit(lambda: publish_run(rid, "run.created", {"kind": kind, "name": run.name,
                                                                         "status": QUEUED}, studio_wide=True))
@@ -379,6 +414,13 @@ def do_resume_run(run: Run, user: Any = None) -> Run:
 
 def do_clone_run(run: Run, user: Any, *, config: dict[str, Any] | None = None, name: str = "") -> Run:
     """A new run with the same inputs and ``config`` (default: the original's)."""
+    if run.kind in POSTTRAIN_KINDS:
+        config = config if config is not None else run.config
+        inputs = run.config.get("studio") or {}
+        return do_create_run(user, kind=run.kind, name=name or f"{run.name} (clone)", config=config,
+                             base=inputs.get("base", ""), snapshot=run.labeling_snapshot_id,
+                             reward=inputs.get("reward", ""), nproc=run.nproc, threads=run.threads, gpus=run.gpus,
+                             cloned_from=run)
     return do_create_run(user, kind=run.kind, name=name or f"{run.name} (clone)",
                          config=config if config is not None else run.config, dataset=run.dataset_id,
                          tokenizer=run.tokenizer_id, parent_checkpoint=run.parent_checkpoint_id, nproc=run.nproc,
@@ -408,7 +450,7 @@ def assign_gpus(run: Run) -> str | None:
     """Free GPUs of the pool for a GPU run that did not choose its own (one per process); "" when
     none are needed or the pool is not managed, None when too few are free right now."""
     pool = gpu_pool()
-    wants = run.kind == "pretrain" and run.config.get("device") in ("cuda", "auto")
+    wants = run.kind != "tokenizer" and run.config.get("device") in ("cuda", "auto")
     if run.gpus or not pool or not wants:
         return ""
     busy: set[str] = set()
@@ -584,10 +626,10 @@ def resolve_model_ref(ref: str) -> tuple[str, str, str]:
 
 def chat_models() -> list[dict[str, Any]]:
     """Models the playground offers: imported models (SmolLM2 is registered on first use when its
-    package is installed), then the latest checkpoints of decoder runs."""
+    package is installed), then the latest checkpoints of decoder runs (pretraining, SFT, DPO, PPO)."""
     ensure_smollm2()
     out = [{"ref": a.ref, "name": a.name, "kind": "model"} for a in ModelArtifact.objects.filter(status="ready")]
-    for ckpt in Checkpoint.objects.select_related("run").filter(run__kind="pretrain").order_by("-id")[:50]:
+    for ckpt in Checkpoint.objects.select_related("run").filter(run__kind__in=CHAT_KINDS).order_by("-id")[:50]:
         if ckpt.run.config.get("objective", "clm") == "clm" and Path(ckpt.path).exists():
             out.append({"ref": ckpt.ref, "name": f"{ckpt.run.name} @ step {ckpt.step}", "kind": "checkpoint"})
     return out

@@ -12,6 +12,11 @@ RUN_NOT_RESUMABLE = "run_not_resumable"
 KIND_NOT_LAUNCHABLE = "kind_not_launchable"
 UPLOAD_INVALID = "upload_invalid"
 CORPUS_UNAVAILABLE = "corpus_unavailable"
+SNAPSHOT_MISSING = "snapshot_missing"
+TOO_FEW_PAIRS = "too_few_pairs"
+TOKENIZER_MISMATCH = "tokenizer_mismatch"
+REWARD_OTHER_BASE = "reward_other_base"
+NOT_A_REWARD_MODEL = "not_a_reward_model"
 
 # Failure reasons recorded on a run (Run.error["code"])
 CHILD_CRASHED = "child_crashed"
@@ -30,9 +35,14 @@ HINTS: dict[str, str] = {
     MODEL_MISSING: "Pick a model from GET /api/models/ (e.g. 'model:1') or a checkpoint ('checkpoint:3').",
     RUN_NOT_ACTIVE: "Only queued or running runs can be cancelled.",
     RUN_NOT_RESUMABLE: "Only cancelled, interrupted or failed runs can be resumed; clone a finished run instead.",
-    KIND_NOT_LAUNCHABLE: "This studio launches 'tokenizer' and 'pretrain' runs.",
+    KIND_NOT_LAUNCHABLE: "This studio launches 'tokenizer', 'pretrain', 'sft', 'reward', 'dpo' and 'ppo' runs.",
     UPLOAD_INVALID: "Upload a UTF-8 .txt file (one document) or .jsonl file (one {\"text\": …} object per line).",
     CORPUS_UNAVAILABLE: "See the message: the corpus is fetched from a package registry on first use.",
+    SNAPSHOT_MISSING: "Take a snapshot in the labeling app (Manage → Snapshots) and pick it (GET /api/labeling/snapshots/).",
+    TOO_FEW_PAIRS: "Collect more judgements in the labeling app and take a new snapshot.",
+    TOKENIZER_MISMATCH: "Train the reward model from the same base model as the policy (same tokenizer).",
+    REWARD_OTHER_BASE: "Train a reward model initialised from the policy's base model, then pick it.",
+    NOT_A_REWARD_MODEL: "Pick a checkpoint of a 'reward' run (or a rule-based reward).",
     CHILD_CRASHED: "The last log lines show what went wrong; fix it and resume or clone the run.",
     CHILD_INVALID: "The core refused the configuration or input; clone the run with corrected settings.",
     OUT_OF_MEMORY: "Lower data.micro_batch_size (and raise data.grad_accum_steps) or pick a smaller model.",

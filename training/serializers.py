@@ -83,7 +83,7 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = ["id", "kind", "name", "status", "config", "dataset", "tokenizer", "parent_checkpoint", "cloned_from",
-                  "nproc", "threads", "gpus", "created_at", "started_at", "finished_at", "heartbeat_at", "attempt", "pid",
+                  "labeling_snapshot_id", "nproc", "threads", "gpus", "created_at", "started_at", "finished_at", "heartbeat_at", "attempt", "pid",
                   "worker", "cancel_requested", "exit_code", "current_step", "total_steps", "progress", "error",
                   "summary", "checkpoints", "last_metrics"]
 
@@ -98,7 +98,7 @@ class RunSerializer(serializers.ModelSerializer):
 
 class RunListSerializer(RunSerializer):
     class Meta(RunSerializer.Meta):
-        fields = ["id", "kind", "name", "status", "dataset", "tokenizer", "created_at", "started_at", "finished_at",
+        fields = ["id", "kind", "name", "status", "dataset", "tokenizer", "labeling_snapshot_id", "created_at", "started_at", "finished_at",
                   "current_step", "total_steps", "progress", "attempt", "error"]
 
 
@@ -117,6 +117,12 @@ class RunCreateSerializer(serializers.Serializer):
     nproc = serializers.IntegerField(required=False, default=1, help_text="processes; > 1 uses torchrun (FSDP2)")
     threads = serializers.IntegerField(required=False, default=0, help_text="CPU threads per process; 0 = automatic")
     gpus = serializers.CharField(required=False, allow_blank=True, default="", help_text="CUDA_VISIBLE_DEVICES")
+    base = serializers.CharField(required=False, allow_blank=True, default="", max_length=100,
+                                 help_text="sft/reward/dpo/ppo: the model to start from, checkpoint:<id> or model:<id>")
+    snapshot = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                        help_text="sft/reward/dpo/ppo: the labeling snapshot to train on")
+    reward = serializers.CharField(required=False, allow_blank=True, default="", max_length=100,
+                                   help_text="ppo: a reward-model checkpoint (checkpoint:<id>) or a rule (rule:<name>)")
 
 
 class RunCloneSerializer(serializers.Serializer):

@@ -3,7 +3,10 @@
 :func:`run_job` runs one run to its end in child processes (see :mod:`training.launch`):
 tokenizer runs call ``cli tokenizer``; pretraining runs call ``cli prepare`` (once per dataset ×
 tokenizer, the shards are shared) then ``cli pretrain`` with ``resume_from=auto`` — so resuming a
-cancelled or interrupted run continues from its last checkpoint. :func:`startup_check` (when a
+cancelled or interrupted run continues from its last checkpoint. Fine-tuning and RLHF runs
+(``sft``, ``reward``, ``dpo``, ``ppo``) write their snapshot's records and base tokenizer into the
+run folder (:func:`training.posttrain.launch_config`) then call ``cli <kind>`` the same way.
+:func:`startup_check` (when a
 worker starts) and :func:`check_lost_runs` (every minute) mark runs whose worker died
 ``interrupted``.
 """
@@ -68,7 +71,7 @@ def _run_phase(run: Run, phase: str, args: list[str], *, nproc: int = 1) -> Outc
     env = child_env(threads=run.threads, gpus=actions.run_gpus(run), data_dir=settings.DATA_DIR)
     tail = EventTail(events)
     reporter = RunReporter(run.pk, phase)
-    if run.attempt > 1 and phase == "pretrain":
+    if run.attempt > 1 and phase == run.kind and run.kind != "tokenizer":
         reporter.backfill(events)
     child = ChildProcess(cmd, env, run.log_path)
 
@@ -139,6 +142,21 @@ def _pretrain_run(run: Run) -> str:
     return _finish_from(run, outcome, outcome.end)
 
 
+def _posttrain_run(run: Run) -> str:
+    from training.posttrain import launch_config
+
+    config_path, _ = launch_config(run)
+    outcome = _run_phase(run, run.kind, [run.kind, "--config", str(config_path)], nproc=run.nproc)
+    if outcome.exit_code == 0 and not outcome.cancelled and outcome.end.get("status") == "completed":
+        actions.finish_run(run.pk, SUCCEEDED, summary=outcome.end, exit_code=0)
+        return SUCCEEDED
+    return _finish_from(run, outcome, outcome.end)
+
+
+RUNNERS = {"tokenizer": _tokenizer_run, "pretrain": _pretrain_run, "sft": _posttrain_run,
+           "reward": _posttrain_run, "dpo": _posttrain_run, "ppo": _posttrain_run}
+
+
 @db_task()
 def run_job(run_id: int) -> str | None:
     """Run a queued run to its end; returns its final status (None when it was no longer queued)."""
@@ -156,7 +174,7 @@ def run_job(run_id: int) -> str | None:
     run = Run.objects.select_related("dataset", "tokenizer", "parent_checkpoint", "created_by").get(pk=run_id)
     run.out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _tokenizer_run(run) if run.kind == "tokenizer" else _pretrain_run(run)
+        return RUNNERS[run.kind](run)
     except Exception as e:  # noqa: BLE001 - any failure must end the run, never leave it "running"
         log.exception("run %s failed to launch", run_id)
         with open(run.log_path, "a", encoding="utf-8") as f:

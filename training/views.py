@@ -17,10 +17,11 @@ from rest_framework.views import APIView
 
 from studio.errors import StudioAPIError
 from studio.roles import BUILDER, SIGNED_IN, role_required
-from training import actions
+from training import actions, posttrain
 from training import error_codes as codes
 from training.launch import log_tail
 from training.models import (
+    POSTTRAIN_KINDS,
     Checkpoint,
     DatasetVersion,
     MetricPoint,
@@ -170,7 +171,9 @@ class RunListView(generics.ListCreateAPIView):
         data = dict(form.validated_data)
         config = data.pop("config") or {}
         preset = data.pop("preset", "")
-        if preset:
+        if preset and data["kind"] in POSTTRAIN_KINDS:
+            config = _merge(posttrain.preset_config(data["kind"], preset), config)
+        elif preset:
             if preset not in actions.PRETRAIN_PRESETS:
                 raise StudioAPIError(codes.INVALID_CONFIG, f"Unknown preset {preset!r}.",
                                      f"Presets: {', '.join(actions.PRETRAIN_PRESETS)}", 400,
@@ -188,13 +191,15 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 class RunPresetsView(APIView):
-    """Presets of the new-run form (PretrainConfig settings without paths)."""
+    """Presets of the new-run forms: pretraining (PretrainConfig settings without paths) and, under
+    ``posttrain``, per fine-tuning kind (sft, reward, dpo, ppo)."""
 
     required_role = BUILDER
 
     @extend_schema(responses=inline_serializer("RunPresets", {"presets": serializers.DictField()}))
     def get(self, request):  # noqa: ANN001, ANN201
-        return Response({"presets": actions.PRETRAIN_PRESETS, "tokenizer": actions.TOKENIZER_DEFAULTS})
+        return Response({"presets": actions.PRETRAIN_PRESETS, "tokenizer": actions.TOKENIZER_DEFAULTS,
+                         "posttrain": posttrain.POSTTRAIN_PRESETS})
 
 
 class RunDetailView(generics.RetrieveAPIView):
@@ -464,14 +469,24 @@ def run_detail_page(request: HttpRequest, pk: int) -> HttpResponse:
     from studio.models import Event
 
     last_event = Event.objects.filter(group=run.group).order_by("-id").values_list("id", flat=True).first() or 0
+    stage = {"tokenizer": "tokenizers", **{k: "fine-tuning" for k in POSTTRAIN_KINDS}}.get(run.kind, "pretraining")
     return render(request, "training/run_detail.html", {
-        "stage": _stage("tokenizers" if run.kind == "tokenizer" else "pretraining"), "run": run,
+        "stage": _stage(stage), "run": run, "posttrain": posttrain.run_page_context(run),
         "config_json": json.dumps(run.config, indent=2),
         "checkpoints": [{"pk": c.pk, "step": c.step, "path": c.path, "loss": c.metrics.get("loss"),
-                         "val_loss": c.metrics.get("val/loss")} for c in run.checkpoints.all()],
+                         "val_loss": c.metrics.get("val/loss"), "metrics": c.metrics} for c in run.checkpoints.all()],
         "last_event": last_event, "log": log_tail(run.log_path, 200, max_bytes=400_000),
         "children": Run.objects.filter(parent_checkpoint__run=run)[:20], "clones": run.clones.all()[:20],
         "produced_tokenizer": getattr(run, "produced_tokenizer", None) if run.kind == "tokenizer" else None,
+    })
+
+
+@role_required(BUILDER)
+def fine_tuning_page(request: HttpRequest) -> HttpResponse:
+    """Fine-tuning and RLHF: the new-run form (kind, preset, base model, snapshot, reward) and the runs."""
+    return render(request, "training/fine_tuning.html", {
+        "stage": _stage("fine-tuning"), **posttrain.form_context(),
+        "runs": Run.objects.filter(kind__in=POSTTRAIN_KINDS)[:100],
     })
 
 

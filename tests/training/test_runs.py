@@ -65,7 +65,7 @@ def test_missing_dataset_and_tokenizer_are_refused_with_the_reason(client_for, b
     assert resp.status_code == 400 and resp.json()["code"] == "tokenizer_missing"
     resp = post(c, "/api/runs/", {"kind": "pretrain", "dataset": austen_dataset.pk, "tokenizer": 999, "config": TINY_PRETRAIN})
     assert resp.status_code == 400 and resp.json()["code"] == "tokenizer_missing"
-    resp = post(c, "/api/runs/", {"kind": "dpo", "dataset": austen_dataset.pk})
+    resp = post(c, "/api/runs/", {"kind": "distill", "dataset": austen_dataset.pk})
     assert resp.status_code == 400 and resp.json()["code"] == "kind_not_launchable"
     resp = post(c, "/api/runs/", {"kind": "tokenizer", "dataset": austen_dataset.pk, "config": {"vocab_size": 10}})
     assert resp.status_code == 400 and "config.vocab_size" in resp.json()["fields"]

@@ -19,7 +19,9 @@ from django.db.models import Q
 RUN_KINDS = [("tokenizer", "Tokenizer"), ("pretrain", "Pretraining"), ("sft", "Supervised fine-tuning"),
              ("reward", "Reward model"), ("ppo", "PPO"), ("dpo", "DPO"), ("distill", "Distillation"),
              ("eval", "Evaluation")]
-LAUNCHABLE_KINDS = ("tokenizer", "pretrain")
+LAUNCHABLE_KINDS = ("tokenizer", "pretrain", "sft", "reward", "dpo", "ppo")
+POSTTRAIN_KINDS = ("sft", "reward", "dpo", "ppo")  # fine-tuning and RLHF (training/posttrain.py)
+CHAT_KINDS = ("pretrain", "sft", "dpo", "ppo")  # runs whose checkpoints are chat models
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "succeeded", "failed", "cancelled", "interrupted")

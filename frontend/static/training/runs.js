@@ -62,6 +62,18 @@
     return config;
   }
 
+  // The form's config fields merged with its "More settings" JSON; null (error shown) when that is not JSON.
+  function readConfigWithExtra(form) {
+    const config = readConfig(form);
+    const extra = form.elements.extra.value.trim();
+    if (!extra) return config;
+    try { return mergeDeep(config, JSON.parse(extra)); } catch (e) {
+      form.querySelector('[data-error-for="extra"]').textContent = "not valid JSON: " + e.message;
+      form.elements.extra.setAttribute("aria-invalid", "true");
+      return null;
+    }
+  }
+
   function pretrainingPage() {
     const presets = JSON.parse(document.getElementById("presets-data").textContent);
     const form = document.getElementById("new-run-form");
@@ -78,15 +90,8 @@
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       clearErrors(form);
-      let config = readConfig(form);
-      const extra = form.elements.extra.value.trim();
-      if (extra) {
-        try { config = mergeDeep(config, JSON.parse(extra)); } catch (e) {
-          form.querySelector('[data-error-for="extra"]').textContent = "not valid JSON: " + e.message;
-          form.elements.extra.setAttribute("aria-invalid", "true");
-          return;
-        }
-      }
+      const config = readConfigWithExtra(form);
+      if (config === null) return;
       const body = {
         kind: "pretrain", name: form.elements.name.value, config,
         dataset: form.elements.dataset.value ? Number(form.elements.dataset.value) : null,
@@ -119,6 +124,136 @@
     document.getElementById("compare-button").addEventListener("click", () => {
       const ids = [...document.querySelectorAll(".compare-pick:checked")].map((c) => c.value);
       location.href = "/pretraining/compare/?runs=" + ids.join(",");
+    });
+  }
+
+  // ---- fine-tuning and RLHF -------------------------------------------------------------------------
+  function fineTuningPage() {
+    const presets = JSON.parse(document.getElementById("posttrain-presets").textContent);
+    const form = document.getElementById("posttrain-form");
+    const kindSel = form.elements.kind;
+    const presetSel = form.elements.preset;
+    if (kindSel.selectedOptions[0] && kindSel.selectedOptions[0].disabled) {
+      const first = [...kindSel.options].find((o) => !o.disabled);
+      if (first) kindSel.value = first.value;
+    }
+    function fillPreset() {
+      const preset = (presets[kindSel.value] || {})[presetSel.value];
+      const cfg = preset ? preset.config : {};
+      form.querySelectorAll("[data-config]").forEach((el) => {
+        const v = getPath(cfg, el.name.replace(/^config\./, ""));
+        el.value = v === undefined ? "" : v;
+      });
+    }
+    function fillKind() {
+      const kind = kindSel.value;
+      presetSel.replaceChildren(...Object.entries(presets[kind] || {}).map(([key, p]) => new Option(p.label, key)));
+      form.querySelectorAll("[data-kinds]").forEach((el) => {
+        const on = el.dataset.kinds.split(",").includes(kind);
+        el.hidden = !on;
+        el.querySelectorAll("input, select").forEach((i) => { i.disabled = !on; });
+      });
+      fillPreset();
+    }
+    kindSel.addEventListener("change", fillKind);
+    presetSel.addEventListener("change", fillPreset);
+    fillKind();
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearErrors(form);
+      const config = readConfigWithExtra(form);
+      if (config === null) return;
+      const body = {
+        kind: kindSel.value, name: form.elements.name.value, config, base: form.elements.base.value,
+        snapshot: form.elements.snapshot.value ? Number(form.elements.snapshot.value) : null,
+        reward: kindSel.value === "ppo" ? form.elements.reward.value : "",
+        nproc: Number(form.elements.nproc.value || 1), threads: Number(form.elements.threads.value || 0),
+      };
+      try {
+        const run = await api("POST", "/api/runs/", body);
+        location.href = `/runs/${run.id}/`;
+      } catch (err) { showErrors(form, err); }
+    });
+    followStatuses();
+  }
+
+  // RL-health warnings from the latest points: KL runaway, entropy collapse, ratio far from 1, and
+  // any health/* flag the core reports. Returns [{key, text}] for the panel.
+  function healthWarnings(state, rules) {
+    const out = [];
+    const kl = state.last["objective/kl"];
+    if (typeof kl === "number" && kl > rules.kl_max) {
+      out.push({ key: "kl", text: `KL to the reference is ${kl.toFixed(2)} (above ${rules.kl_max}): the policy is running away. Raise the KL coefficient or lower the learning rate.` });
+    } else if (typeof kl === "number" && kl < rules.kl_min) {
+      out.push({ key: "kl-negative", text: `KL estimate is ${kl.toFixed(2)} (negative): check sampling settings and masking.` });
+    }
+    const ent = state.last["objective/entropy"], ent0 = state.first["objective/entropy"];
+    if (typeof ent === "number" && (ent < rules.entropy_min ||
+        (typeof ent0 === "number" && ent0 > 0 && ent < rules.entropy_floor * ent0))) {
+      out.push({ key: "entropy", text: `Entropy fell from ${typeof ent0 === "number" ? ent0.toFixed(3) : "?"} to ${ent.toFixed(3)}: the policy is collapsing onto a few answers. Raise the KL coefficient or the temperature.` });
+    }
+    const ratio = state.last["val/ratio"];
+    if (typeof ratio === "number" && (ratio < rules.ratio_band[0] || ratio > rules.ratio_band[1])) {
+      out.push({ key: "ratio", text: `The probability ratio is ${ratio.toFixed(2)} (far from 1): updates leave the sampling policy too far. Lower the learning rate or the PPO epochs.` });
+    }
+    const flagKeys = { "health/kl_runaway": "kl", "health/entropy_collapse": "entropy", "health/ratio_drift": "ratio" };
+    const flagTexts = { kl: "The core flags KL runaway: the policy moves away from the reference.",
+      entropy: "The core flags entropy collapse.", ratio: "The core flags the probability ratio drifting from 1." };
+    for (const [name, v] of Object.entries(state.last)) {
+      if (!name.startsWith("health/") || typeof v !== "number" || v === 0) continue;
+      const key = flagKeys[name] || name;
+      if (out.some((w) => w.key === key)) continue;
+      out.push({ key, text: flagTexts[key] || `${name.slice(7).replace(/_/g, " ")} (flagged by the core)` });
+    }
+    return out;
+  }
+
+  function followHealth() {
+    const panel = document.getElementById("health");
+    if (!panel) return null;
+    const rules = JSON.parse(document.getElementById("health-rules").textContent);
+    const state = { first: {}, last: {}, lastStep: {} };
+    return (point) => {
+      if (point.kind !== "train") return;
+      for (const [k, v] of Object.entries(point.values)) {
+        if (typeof v !== "number") continue;
+        if (!(k in state.first)) state.first[k] = v;
+        if (!(k in state.lastStep) || point.step >= state.lastStep[k]) { state.last[k] = v; state.lastStep[k] = point.step; }
+      }
+      const warnings = healthWarnings(state, rules);
+      const list = panel.querySelector("ul");
+      list.replaceChildren(...warnings.map((w) => {
+        const li = document.createElement("li");
+        li.dataset.warning = w.key;
+        li.textContent = w.text;
+        return li;
+      }));
+      panel.hidden = !warnings.length;
+    };
+  }
+
+  // Send a finished policy checkpoint to a labeling project as a new candidate source (labeling's API).
+  function sendToLabeling() {
+    const form = document.getElementById("send-form");
+    if (!form) return;
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const note = document.getElementById("send-status");
+      const option = form.elements.checkpoint.selectedOptions[0];
+      if (!option || !form.elements.project.value) { note.textContent = "Pick a checkpoint and a project."; return; }
+      const button = form.querySelector("button");
+      button.disabled = true;
+      note.textContent = "";
+      try {
+        await api("POST", `/api/labeling/projects/${form.elements.project.value}/generate/`, {
+          models: [{ path: option.dataset.path, name: option.dataset.name }],
+          k: Number(form.elements.k.value || 2) });
+        note.textContent = `Queued: ${option.dataset.name} answers the project's open prompts; they reach the annotators as new items.`;
+        note.dataset.state = "queued";
+      } catch (err) {
+        note.textContent = err.message + (err.body && err.body.hint ? " — " + err.body.hint : "");
+        note.dataset.state = "error";
+      } finally { button.disabled = false; }
     });
   }
 
@@ -236,8 +371,11 @@
         eta.textContent = "ETA " + fmtDuration(values.remaining_time);
       } else if (root.dataset.status !== "running") eta.textContent = "";
     }
+    const health = followHealth();
+    sendToLabeling();
     function addPoint(p) {
       charts.forEach((c) => c.add(p));
+      if (health) health(p);
       if (p.kind === "train") setProgress(p.step, p.values);
     }
     function addCheckpoint(step, path, id) {
@@ -295,7 +433,9 @@
           const p = e.payload || {};
           if (e.kind === "run.metrics") (p.points || []).forEach(addPoint);
           else if (e.kind === "run.started") {
-            if (typeof p.start_step === "number" && p.phase === "pretrain") charts.forEach((c) => c.truncate(p.start_step));
+            if (typeof p.start_step === "number" && p.phase === root.dataset.kind && p.phase !== "tokenizer") {
+              charts.forEach((c) => c.truncate(p.start_step));
+            }
             if (p.total_steps) total = p.total_steps;
           } else if (e.kind === "run.checkpoint") addCheckpoint(p.step, p.path);
           else if (e.kind === "run.status") {
@@ -436,5 +576,5 @@
     });
   }
 
-  window.training = { pretrainingPage, runDetail, comparePage, tokenizersPage, tokenizerDetail, showErrors, clearErrors };
+  window.training = { pretrainingPage, fineTuningPage, healthWarnings, runDetail, comparePage, tokenizersPage, tokenizerDetail, showErrors, clearErrors };
 })();
