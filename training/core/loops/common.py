@@ -1,0 +1,174 @@
+"""What the post-training loops share: the starting model and tokenizer, resume, checkpoints.
+
+- :func:`load_start` loads ``init_from`` (a checkpoint, run folder, export, Hugging Face folder,
+  ``.gguf`` file or ``"smollm2"``) as a plain :class:`~training.core.model.Transformer` on the CPU,
+  with its tokenizer (``tokenizer_dir``, else the one next to the model), and refuses a
+  tokenizer that does not match the model before any compute is spent;
+- :func:`resolve_resume` picks the checkpoint to resume from (a path, a run folder or ``auto``);
+- :func:`checkpoint_config` is what every post-training checkpoint records: the run's config
+  plus the model shape (``model``) and the ``kind`` of loop, so that policy checkpoints load with
+  the same code as pretraining checkpoints;
+- :func:`write_plain_weights` writes ``model.safetensors`` (adapters merged) into a checkpoint
+  of a LoRA run, so that loading it for chat, export or further training sees plain weights;
+- :func:`prepare_out_dir` writes the run's ``config.json`` and copies the tokenizer next to the
+  checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.core.checkpoint import CheckpointError, find_checkpoint, latest_checkpoint
+from training.core.config import ConfigError, PostTrainingConfig
+from training.core.distributed import DistContext, barrier
+from training.core.tokenizer import StudioTokenizer
+
+__all__ = ["load_start", "resolve_resume", "checkpoint_config", "write_plain_weights", "prepare_out_dir",
+           "check_tokenizer_fits", "same_tokenizer"]
+
+
+def same_tokenizer(a: StudioTokenizer, b: StudioTokenizer) -> bool:
+    """True when both split text alike and give the same ids (same vocabulary, merges and specials)."""
+    return a.fingerprint == b.fingerprint or (
+        a.tokenizer.get_vocab(with_added_tokens=True) == b.tokenizer.get_vocab(with_added_tokens=True)
+        and a.special_tokens == b.special_tokens)
+
+
+def check_tokenizer_fits(tokenizer: StudioTokenizer, vocab_size: int, field: str = "tokenizer_dir") -> None:
+    """Refuse a tokenizer whose ids do not fit the model's embedding table."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ConfigError(field, f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                                 f"{vocab_size} embeddings: it is not this model's tokenizer",
+                          "leave tokenizer_dir empty to use the tokenizer saved with init_from")
+
+
+def load_start(cfg: PostTrainingConfig) -> tuple[nn.Module, StudioTokenizer, dict[str, Any]]:
+    """The model ``cfg.init_from`` names (fp32, CPU, train mode), its tokenizer and what was loaded.
+
+    The returned info holds ``source`` (the path), ``saved_config`` (the checkpoint's config
+    when it is one of ours, else {}) and ``tokenizer_dir`` (where the tokenizer came from).
+    Refusals (:class:`ConfigError`): no model there, no tokenizer, a ``tokenizer_dir`` that is
+    not the model's own tokenizer (another vocabulary) or does not fit its embeddings.
+    """
+    from training.core.cli import CliError, _source_kind, _tokenizer_near, load_model_and_tokenizer
+
+    saved: dict[str, Any] = {}
+    source = cfg.init_from
+    path = Path(source)
+    if source != "smollm2" and not path.exists():
+        raise ConfigError("init_from", f"{source} does not exist",
+                          "a checkpoint or run folder, an export or Hugging Face folder, a .gguf file or 'smollm2'")
+    if source != "smollm2" and _source_kind(path) == "checkpoint":
+        try:
+            ckpt = find_checkpoint(path)
+        except CheckpointError as e:
+            raise ConfigError("init_from", e.message, e.hint) from None
+        saved = json.loads((ckpt / "config.json").read_text(encoding="utf-8")) if (ckpt / "config.json").is_file() \
+            else {}
+        if saved.get("kind") == "reward":
+            raise ConfigError("init_from", f"{source} is a reward model, not a language model",
+                              "start from a pretraining, SFT, DPO or PPO checkpoint (or an imported model)")
+        path = ckpt
+    try:
+        model, own_tok = load_model_and_tokenizer(str(path) if source != "smollm2" else source)
+    except CliError as e:
+        raise ConfigError("init_from", e.message, e.hint) from None
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    tok_dir = ""
+    if cfg.tokenizer_dir:
+        try:
+            tokenizer = StudioTokenizer.load(cfg.tokenizer_dir)
+        except ValueError as e:
+            raise ConfigError("tokenizer_dir", getattr(e, "message", str(e)), getattr(e, "hint", "")) from None
+        tok_dir = cfg.tokenizer_dir
+        if own_tok is not None and not same_tokenizer(tokenizer, own_tok):
+            raise ConfigError("tokenizer_dir", f"the tokenizer in {cfg.tokenizer_dir} is not the one {source} was "
+                                               "trained with (another vocabulary)",
+                              "leave tokenizer_dir empty to use the model's own tokenizer")
+    elif own_tok is not None:
+        tokenizer = own_tok
+        near = _tokenizer_near(path) if source != "smollm2" else None
+        tok_dir = str(near) if near is not None else ""
+    else:
+        raise ConfigError("tokenizer_dir", f"no tokenizer was found next to {source}",
+                          "set tokenizer_dir to the folder of the model's tokenizer")
+    check_tokenizer_fits(tokenizer, model.cfg.vocab_size)
+    if model.cfg.mode != "decoder":
+        raise ConfigError("init_from", f"{source} is a masked-LM encoder",
+                          "post-training starts from a causal (decoder) model")
+    return model, tokenizer, {"source": source, "saved_config": saved, "tokenizer_dir": tok_dir}
+
+
+def resolve_resume(cfg: PostTrainingConfig) -> str | None:
+    """Which checkpoint to resume from: explicit path, ``auto`` (the run's latest, if any) or none."""
+    if not cfg.resume_from:
+        return None
+    if cfg.resume_from == "auto":
+        found = latest_checkpoint(cfg.out_dir) if Path(cfg.out_dir).exists() else None
+        return None if found is None else str(found)
+    return str(find_checkpoint(cfg.resume_from))
+
+
+def checkpoint_config(cfg: PostTrainingConfig, kind: str, model_cfg: Any, out_dir: Path,
+                      **extra: Any) -> dict[str, Any]:
+    """The config saved with each checkpoint: the run's settings, ``kind``, ``model`` (the shape,
+    read by ``checkpoint.load_model``) and ``tokenizer_dir`` (the copy in the run folder)."""
+    data = cfg.to_dict()
+    data.update(kind=kind, model=model_cfg.to_dict(), **extra)
+    if (out_dir / "tokenizer" / "tokenizer.json").is_file():
+        data["tokenizer_dir"] = str(out_dir / "tokenizer")
+    return data
+
+
+def prepare_out_dir(cfg: PostTrainingConfig, tokenizer: StudioTokenizer, out_dir: Path, ctx: DistContext) -> None:
+    """Rank 0: create ``out_dir``, write ``config.json`` and save the tokenizer to ``out_dir/tokenizer``."""
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(cfg.to_json(), encoding="utf-8")
+        tok_dir = out_dir / "tokenizer"
+        if not (tok_dir / "tokenizer.json").is_file():
+            tmp = out_dir / "tokenizer.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tokenizer.save(tmp)
+            if tok_dir.exists():
+                shutil.rmtree(tok_dir)
+            os.replace(tmp, tok_dir)
+    barrier(ctx)
+
+
+def write_plain_weights(model: nn.Module, ckpt: str | Path, ctx: DistContext) -> None:
+    """Write ``model.safetensors`` with the adapters merged into a LoRA run's checkpoint (collective).
+
+    ``checkpoint.load_model`` / ``load_model_weights`` read this file before the DCP state, so
+    the checkpoint loads as a plain model everywhere; resuming reads the DCP state (adapters).
+    """
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from training.core.lora import lora_scales, merged_state_dict
+
+    scales = lora_scales(model)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ctx.is_main:
+        sd = merged_state_dict({k: v.detach().to("cpu") for k, v in full.items()}, scales)
+        cfg = getattr(model, "cfg", None)
+        prefix = "backbone." if any(k.startswith("backbone.") for k in sd) else ""
+        if cfg is not None and cfg.tie_embeddings and not prefix:
+            sd.pop("output.weight", None)  # stored once, as export_model does
+        tensors = {k: v.contiguous() for k, v in sd.items()}
+        target = Path(ckpt) / "model.safetensors"
+        tmp = target.with_name("model.safetensors.tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "llm-studio", "lora": "merged"})
+        os.replace(tmp, target)
+    barrier(ctx)
+

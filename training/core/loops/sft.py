@@ -1,0 +1,262 @@
+"""Supervised fine-tuning: chat records, loss on the assistant turns, packing, optional LoRA.
+
+Read :func:`train` top to bottom: load the starting model and its tokenizer (``init_from``),
+read and tokenize the records (``{messages}`` or ``{prompt, completion}``) with the chat
+template, pack them into rows of ``max_seq_len`` tokens, optionally put LoRA adapters on the
+model, shard it with FSDP2 when there are several ranks, then for each step accumulate the
+token-weighted loss of ``grad_accum_steps`` micro-batches (the same
+:func:`~training.core.loops.pretrain.forward_backward` as pretraining: only the scored tokens
+count), clip, step, report; evaluate and checkpoint periodically and at the end.
+
+Checkpoints use the pretraining layout (``out_dir/checkpoints/step_N``, ``latest``) and record
+the model shape, so an SFT checkpoint loads with ``cli.load_model_and_tokenizer`` like any
+policy (chat, serving, export, labeling generation). With LoRA the checkpoint's
+``model.safetensors`` holds the merged plain weights; its DCP state keeps the adapters for an
+exact resume. A SIGTERM (or ``should_stop()``) ends the step, writes a checkpoint and returns
+``status="cancelled"``.
+
+Domain-specific tuning (continued pretraining on a domain dataset version) is the pretraining
+loop started from a checkpoint: ``cli pretrain --set init_from=RUN --set data.dataset_dir=…``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ContextManager
+
+import torch
+import torch.nn as nn
+
+from training.core.callbacks import Callbacks
+from training.core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from training.core.config import ConfigError, SFTConfig
+from training.core.data.records import IndexSampler, read_records, split_records
+from training.core.data.sft import SFTExample, collate_rows, pack_rows, tokenize_examples
+from training.core.distributed import (
+    DistContext,
+    all_reduce_max,
+    broadcast_object,
+    destroy_distributed,
+    init_distributed,
+    parallelize,
+)
+from training.core.loops.common import (
+    checkpoint_config,
+    load_start,
+    prepare_out_dir,
+    resolve_resume,
+    write_plain_weights,
+)
+from training.core.loops.pretrain import StopSignal, autocast_dtype, forward_backward
+from training.core.tokenizer import StudioTokenizer
+
+__all__ = ["train", "build_rows", "evaluate"]
+
+
+def build_rows(cfg: SFTConfig, tokenizer: StudioTokenizer, world_size: int = 1
+               ) -> tuple[list[SFTExample], list[SFTExample], dict[str, Any]]:
+    """Train and held-out rows from ``train_file`` (and ``eval_file``), refusing too little data.
+
+    Returns ``(train_rows, eval_rows, info)``; ``info`` counts examples and skipped records.
+    """
+    records = read_records(cfg.train_file)
+    if cfg.eval_file:
+        train_records, eval_records = records, read_records(cfg.eval_file, "eval_file")
+    else:
+        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    examples, problems = tokenize_examples(train_records, tokenizer, assistant_only_loss=cfg.assistant_only_loss)
+    if len(examples) < cfg.min_examples:
+        detail = f"; e.g. {problems[0]}" if problems else ""
+        raise ConfigError("train_file", f"{len(examples)} usable SFT examples in {cfg.train_file}, "
+                                        f"fewer than min_examples={cfg.min_examples}{detail}",
+                          "records are {messages: [...]} with an assistant turn, or {prompt, completion}")
+    rows = pack_rows(examples, cfg.max_seq_len, packing=cfg.packing)
+    need = cfg.micro_batch_size * world_size
+    if len(rows) < need:
+        raise ConfigError("micro_batch_size", f"the data fills {len(rows)} rows of {cfg.max_seq_len} tokens, fewer "
+                                              f"than one batch of {need}",
+                          "lower micro_batch_size or max_seq_len, or add records")
+    eval_examples, _ = tokenize_examples(eval_records, tokenizer, assistant_only_loss=cfg.assistant_only_loss)
+    eval_rows = pack_rows(eval_examples, cfg.max_seq_len, packing=cfg.packing)
+    info = {"records": len(records), "examples": len(examples), "skipped": len(problems), "rows": len(rows),
+            "eval_rows": len(eval_rows), "problems": problems[:5]}
+    return rows, eval_rows, info
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, rows: list[SFTExample], cfg: SFTConfig, pad_id: int, ctx: DistContext,
+             amp: ContextManager[Any] | None = None) -> dict[str, float]:
+    """Token-weighted mean loss of the scored tokens over the held-out rows (split over ranks)."""
+    from training.core.losses import perplexity
+
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (sum of losses, scored tokens)
+    mine = rows[ctx.rank::ctx.world_size]
+    for start in range(0, len(mine), cfg.micro_batch_size):
+        inputs, targets = collate_rows(mine[start:start + cfg.micro_batch_size], pad_id)
+        inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+        count = (targets != -100).sum()
+        if int(count) == 0:
+            continue
+        with amp or nullcontext():
+            loss = model(inputs, targets=targets)
+        total[0] += loss.double() * count
+        total[1] += count
+    if ctx.is_distributed:
+        torch.distributed.all_reduce(total)
+    model.train(was_training)
+    loss = float(total[0] / total[1].clamp(min=1))
+    return {"eval/loss": loss, "eval/perplexity": perplexity(loss)}
+
+
+def train(cfg: SFTConfig, callbacks: Callbacks | None = None) -> dict[str, Any]:
+    """Run supervised fine-tuning as configured and return a summary.
+
+    The summary holds ``status`` (``completed``, ``cancelled`` or ``diverged``), ``step``,
+    ``loss``, ``eval/loss`` (if evaluated), ``checkpoint`` (the last one written), ``tokens``
+    and ``elapsed_time``. Works the same under ``torchrun`` (FSDP2) and in one process.
+    """
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, callbacks or Callbacks(), ctx)
+    finally:
+        destroy_distributed(ctx)
+
+
+def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, Any]:
+    from training.core.lora import apply_lora, has_lora
+    from training.core.optim import build_optimizer, build_scheduler
+
+    cb = callbacks if ctx.is_main else Callbacks()  # only rank 0 reports
+    out_dir = Path(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
+
+    # ---- model, tokenizer, data (every refusal happens here, before any compute) ------------
+    model, tokenizer, start_info = load_start(cfg)
+    if cfg.max_seq_len > model.cfg.max_seq_len:
+        raise ConfigError("max_seq_len", f"{cfg.max_seq_len} is longer than the model's max_seq_len="
+                                         f"{model.cfg.max_seq_len}", f"set max_seq_len <= {model.cfg.max_seq_len}")
+    rows, eval_rows, data_info = build_rows(cfg, tokenizer, ctx.world_size)
+    sampler = IndexSampler(len(rows), cfg.micro_batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
+    if cfg.lora.enabled:
+        apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.seed)
+    model.to(ctx.device)
+    parallelize(model, ctx, activation_checkpointing=cfg.activation_checkpointing,
+                mixed_precision=cfg.fsdp_mixed_precision)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+    amp_dtype = autocast_dtype(cfg, ctx.device)  # type: ignore[arg-type]
+
+    def amp() -> ContextManager[Any]:
+        return torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    # ---- resume or start ----------------------------------------------------------------
+    start_step, tokens_seen, last_ckpt = 0, 0, ""
+    resume = broadcast_object(resolve_resume(cfg) if ctx.is_main else None, ctx)
+    if resume is not None:
+        saved = read_checkpoint_config(resume)
+        if saved.get("kind") != "sft" or saved.get("lora") != cfg.lora.to_dict():
+            raise ConfigError("resume_from", f"{resume} is not a checkpoint of an SFT run with these LoRA settings",
+                              "resume from this run's own folder, or start a new run with init_from")
+        state = load_checkpoint(resume, model, optimizer, ctx=ctx)
+        start_step, last_ckpt = state["step"], state["path"]
+        scheduler.load_state_dict(state["trainer_state"]["scheduler"])
+        tokens_seen = int(state["trainer_state"].get("tokens_seen", 0))
+        sampler.load_state_dict(state["rank_state"]["sampler"])
+        cb.on_log(f"resumed from {state['path']} at step {start_step}")
+    prepare_out_dir(cfg, tokenizer, out_dir, ctx)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cb.on_start({"config": cfg.to_dict(), "kind": "sft", "world_size": ctx.world_size, "device": str(ctx.device),
+                 "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "n_params": int(n_params),
+                 "n_trainable_params": int(n_trainable), "start_step": start_step, "total_steps": cfg.steps,
+                 "out_dir": str(out_dir), "init_from": start_info["source"], **data_info})
+    for problem in data_info["problems"]:
+        cb.on_log(f"skipped {problem}")
+
+    def checkpoint(step: int) -> str:
+        path = save_checkpoint(
+            out_dir, step, model, optimizer, ctx=ctx, keep_last=cfg.keep_last,
+            config=checkpoint_config(cfg, "sft", model.cfg, out_dir, lora=cfg.lora.to_dict(),
+                                     base=start_info["source"]),
+            trainer_state={"scheduler": scheduler.state_dict(), "tokens_seen": tokens_seen},
+            rank_state={"sampler": sampler.state_dict()},
+        )
+        if has_lora(model):
+            write_plain_weights(model, path, ctx)
+        cb.on_checkpoint(step, str(path))
+        return str(path)
+
+    # ---- the loop -----------------------------------------------------------------------
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    status, step, loss_value = "completed", start_step, float("nan")
+    last_eval: dict[str, float] = {}
+    t_start = time.perf_counter()
+    steps_done = 0
+    with StopSignal() as stop:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            micro = [collate_rows([rows[i] for i in sampler.next_batch()], tokenizer.pad_id)
+                     for _ in range(cfg.grad_accum_steps)]  # [(inputs (B, T), targets (B, T))]
+            real_tokens = sum(int((r.ne(tokenizer.pad_id)).sum()) for r, _ in micro)
+            micro = [(x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)) for x, y in micro]
+
+            loss_value = forward_backward(model, micro, ctx, amp)  # mean over the scored tokens
+
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), foreach=True)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()  # DTensor under FSDP2
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_done += 1
+            tokens_seen += real_tokens * ctx.world_size
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            dt = time.perf_counter() - t0
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - t_start
+                cb.on_step(step, {
+                    "loss": loss_value, "lr": float(lr), "grad_norm": float(grad_norm),
+                    "tokens/s": real_tokens / dt, "scored_tokens": sum(int((y != -100).sum()) for _, y in micro),
+                    "current_steps": step, "total_steps": cfg.steps, "tokens_seen": tokens_seen,
+                    "elapsed_time": elapsed, "remaining_time": elapsed / steps_done * (cfg.steps - step),
+                })
+            if not math.isfinite(loss_value):
+                cb.on_log(f"loss is {loss_value} at step {step}; stopping (lower optim.lr or check the data)")
+                status = "diverged"
+                break
+            if eval_rows and cfg.eval_every and step % cfg.eval_every == 0:
+                last_eval = evaluate(model, eval_rows, cfg, tokenizer.pad_id, ctx, amp())
+                cb.on_eval(step, last_eval)
+            stop_now = all_reduce_max(float(stop.requested or cb.should_stop()), ctx) > 0
+            if stop_now and step < cfg.steps:
+                status = "cancelled"
+                last_ckpt = checkpoint(step)
+                break
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                last_ckpt = checkpoint(step)
+
+    # ---- the end --------------------------------------------------------------------------
+    if status == "completed" and step > start_step:
+        if eval_rows and not (cfg.eval_every and step % cfg.eval_every == 0):
+            last_eval = evaluate(model, eval_rows, cfg, tokenizer.pad_id, ctx, amp())
+            cb.on_eval(step, last_eval)
+        last_ckpt = checkpoint(step)
+    summary: dict[str, Any] = {
+        "status": status, "kind": "sft", "step": step, "start_step": start_step, "total_steps": cfg.steps,
+        "loss": loss_value, "tokens": tokens_seen, "checkpoint": last_ckpt,
+        "elapsed_time": time.perf_counter() - t_start, "out_dir": str(out_dir), **last_eval,
+    }
+    cb.on_end(summary)
+    return summary
