@@ -4,7 +4,12 @@ Commands::
 
     tokenizer  train a byte-level BPE tokenizer from text files, JSONL or a built-in corpus
     prepare    tokenize texts into train/val token shards
-    pretrain   run pretraining from a config file and --set overrides (torchrun-able)
+    pretrain   run pretraining from a config file and --set overrides (torchrun-able);
+               with init_from, continued pretraining (domain-specific tuning) of a model
+    sft        supervised fine-tuning on {messages} / {prompt, completion} records (torchrun-able)
+    reward     train a reward model on preference pairs (torchrun-able)
+    dpo        direct preference optimization on preference pairs (torchrun-able)
+    ppo        RLHF with PPO: rollouts, reward, KL penalty, GAE (torchrun-able)
     generate   generate text or chat with a checkpoint, an export, a HF folder or a GGUF file
     export     write a model as a Hugging Face folder, a GGUF file or a safetensors export
     import     bring a HF folder or a GGUF file into the studio's checkpoint format
@@ -109,7 +114,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def build_pretrain_config(config_path: str | None, overrides: Sequence[str]) -> Any:
-    """A :class:`PretrainConfig` from a file and overrides; ``model.preset`` expands a model preset."""
+    """A :class:`PretrainConfig` from a file and overrides; ``model.preset`` expands a model preset.
+
+    With ``init_from`` (continued pretraining) and no ``model`` settings, the model takes the
+    shape saved with ``init_from`` (a checkpoint, a run folder or an export).
+    """
     from training.core.config import ModelConfig, PretrainConfig
 
     data = load_config_file(config_path) if config_path else {}
@@ -122,6 +131,12 @@ def build_pretrain_config(config_path: str | None, overrides: Sequence[str]) -> 
         model = dict(model)
         name = model.pop("preset")
         data["model"] = {**ModelConfig.preset(name).to_dict(), **model}
+    if data.get("init_from") and model is None:  # continued pretraining: the model's own shape
+        from training.core.checkpoint import read_checkpoint_config
+
+        saved = read_checkpoint_config(data["init_from"]).get("model")
+        if isinstance(saved, dict):
+            data["model"] = saved
     return PretrainConfig.from_dict(data)
 
 
@@ -256,6 +271,46 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return {"completed": EXIT_OK, "cancelled": EXIT_CANCELLED, "diverged": EXIT_DIVERGED}.get(
         summary["status"], EXIT_ERROR)
 
+
+#: post-training commands: command -> (config class name in training.core.config, loop module)
+POST_TRAINING: dict[str, tuple[str, str]] = {
+    "sft": ("SFTConfig", "training.core.loops.sft"),
+    "reward": ("RewardConfig", "training.core.loops.reward"),
+    "dpo": ("DPOConfig", "training.core.loops.dpo"),
+    "ppo": ("PPOConfig", "training.core.loops.ppo"),
+}
+
+
+def build_post_training_config(command: str, config_path: str | None, overrides: Sequence[str]) -> Any:
+    """The config of a post-training command (e.g. :class:`DPOConfig`) from a file and overrides."""
+    from training.core import config as config_module
+
+    data = load_config_file(config_path) if config_path else {}
+    data = apply_overrides(data, overrides)
+    return getattr(config_module, POST_TRAINING[command][0]).from_dict(data)
+
+
+def cmd_post_training(args: argparse.Namespace) -> int:
+    """Run one post-training loop (``dpo``, ``ppo`` …) with the same events and exit codes as pretrain."""
+    import importlib
+
+    from training.core.callbacks import CallbackList, JsonlCallbacks, ProgressBarCallbacks
+
+    cfg = build_post_training_config(args.command, args.config, args.set or [])
+    if args.print_config:
+        print(cfg.to_json())
+        return EXIT_OK
+    loop = importlib.import_module(POST_TRAINING[args.command][1])
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    callbacks = CallbackList([
+        JsonlCallbacks(args.events) if args.events and rank0 else None,
+        None if args.quiet or not rank0 else ProgressBarCallbacks(args.command),
+    ])
+    summary = loop.train(cfg, callbacks)
+    if rank0:
+        _print_result(args, summary)
+    return {"completed": EXIT_OK, "cancelled": EXIT_CANCELLED, "diverged": EXIT_DIVERGED}.get(
+        summary["status"], EXIT_ERROR)
 
 def _tokenizer_near(path: Path) -> Path | None:
     """A tokenizer folder next to a checkpoint / export: the folder itself, or a run's tokenizer/."""
@@ -478,6 +533,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     _add_common(p)
     p.set_defaults(func=cmd_pretrain)
+
+    for command, summary in (("sft", "supervised fine-tuning on chat records, optionally with LoRA"),
+                             ("reward", "train a reward model (scalar head, Bradley-Terry) on preference pairs"),
+                             ("dpo", "direct preference optimization on chosen/rejected pairs"),
+                             ("ppo", "RLHF with PPO against a reward model or a rule-based reward")):
+        config_name = POST_TRAINING[command][0]
+        p = sub.add_parser(command, help=f"{summary}; torchrun-able",
+                           description=f"{summary[0].upper()}{summary[1:]}, from a JSON/YAML config ({config_name}) "
+                                       "with --set overrides. Example: --set init_from=smollm2 "
+                                       "--set train_file=pairs.jsonl --set steps=100")
+        p.add_argument("--config", "-c", help=f"JSON or YAML file with {config_name} settings")
+        p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                       help="override a setting, e.g. beta=0.1 or optim.lr=1e-6 (repeatable)")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+        _add_common(p)
+        p.set_defaults(func=cmd_post_training)
 
     p = sub.add_parser("generate", help="generate text or chat with a model",
                        description="Generate from a checkpoint, run folder, export, HF folder, .gguf file or "
