@@ -380,15 +380,25 @@
     }
     function addCheckpoint(step, path, id) {
       const body = document.getElementById("checkpoints");
-      if (!body || body.querySelector(`tr[data-step="${step}"]`)) return;
-      const tr = document.createElement("tr");
-      tr.dataset.step = step;
-      for (const text of [String(step), "", "", ""]) { const td = document.createElement("td"); td.textContent = text; tr.append(td); }
-      const code = document.createElement("code");
-      code.textContent = path;
-      tr.children[3].append(code);
-      tr.append(document.createElement("td"));
-      body.append(tr);
+      if (!body) return;
+      let tr = body.querySelector(`tr[data-step="${step}"]`);
+      if (!tr) {
+        tr = document.createElement("tr");
+        tr.dataset.step = step;
+        for (const text of [String(step), "", "", ""]) { const td = document.createElement("td"); td.textContent = text; tr.append(td); }
+        const code = document.createElement("code");
+        code.textContent = path;
+        tr.children[3].append(code);
+        tr.append(document.createElement("td"));
+        body.append(tr);
+      }
+      // checkpoints of chat models get their Chat link once their id is known
+      if (id && root.dataset.chat === "true" && !tr.querySelector("a")) {
+        const link = document.createElement("a");
+        link.href = `/chat/?model=checkpoint:${id}`;
+        link.textContent = "Chat";
+        tr.lastElementChild.prepend(link);
+      }
     }
     function showError(error) {
       if (!error || !error.code) { errorBox.hidden = true; return; }
