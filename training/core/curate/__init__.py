@@ -8,7 +8,8 @@ See ``docs/data-curation.md``.
 """
 
 from training.core.curate.balance import Balance, BalanceConfig, balance, copies, sampling_factors
-from training.core.curate.base import DROP, MODIFY, Decision, Doc, FilterStep, Step, StepConfig, StepResult, batched
+from training.core.curate.base import DROP, MODIFY, CurationError, Decision, Doc, FilterStep, Step, StepConfig, StepResult, batched
+from training.core.curate.datasheet import datasheet_markdown
 from training.core.curate.decontam import DecontamConfig, Decontaminate, NGramIndex, eval_texts_from_records
 from training.core.curate.dedup import (ExactDedup, ExactDedupConfig, LSHIndex, MinHashConfig, NearDedup, SortedRuns,
                                         band_keys,
@@ -25,7 +26,10 @@ from training.core.curate.quality import (C4Config, C4Filter, FineWebConfig, Fin
                                           GopherQualityConfig, GopherRepetition, GopherRepetitionConfig,
                                           c4_filter_text, fineweb_stats, gopher_quality_stats,
                                           gopher_repetition_stats, presets_table)
+from training.core.curate.runner import iter_decisions, iter_version_documents, run_recipe
 from training.core.curate.segment import LengthConfig, LengthFilter, Segment, SegmentConfig, chunk_text
+from training.core.curate.sources import (ImportReport, SourceError, SourceLimits, import_corpus, import_file,
+                                          import_folder, import_url)
 
 __all__ = [
     "Balance", "BalanceConfig", "C4Config", "C4Filter", "DROP", "DecontamConfig", "Decontaminate", "Decision", "Doc",
@@ -39,5 +43,7 @@ __all__ = [
     "fineweb_stats", "gopher_quality_stats", "gopher_repetition_stats", "html_to_text", "iban_valid", "jaccard",
     "lsh_probability", "lsh_threshold", "luhn_valid", "minhash_signatures", "near_duplicates", "normalize_text",
     "optimal_params", "presets_table", "preview", "profanity_scores", "redact_pii", "s_curve", "sampling_factors",
-    "spot_check", "eval_texts_from_records", "SortedRuns",
+    "spot_check", "eval_texts_from_records", "SortedRuns", "CurationError", "ImportReport", "SourceError",
+    "SourceLimits", "import_corpus", "import_file", "import_folder", "import_url", "iter_decisions",
+    "iter_version_documents", "run_recipe", "datasheet_markdown",
 ]

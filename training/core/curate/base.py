@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from training.core.config import BaseConfig, ConfigError
@@ -24,6 +25,18 @@ Doc = dict[str, Any]
 
 DROP = "drop"
 MODIFY = "modify"
+
+
+class CurationError(ValueError):
+    """A curation input or run was refused: ``code`` (stable, e.g. ``binary_file``), ``detail``
+    (what is wrong) and ``hint`` (what to do)."""
+
+    def __init__(self, code: str, detail: str, hint: str = "") -> None:
+        self.code, self.detail, self.hint = code, detail, hint
+        super().__init__(f"{code}: {detail}" + (f" (hint: {hint})" if hint else ""))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "detail": self.detail, "hint": self.hint}
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,18 @@ class Step:
 
     def reset(self) -> None:
         """Forget state gathered from earlier batches (dedup indexes); no-op for stateless steps."""
+
+    def set_state_dir(self, folder: str | Path) -> None:
+        """Keep the step's state (dedup indexes) in files under ``folder`` (a fixed place, so that
+        an interrupted run can :meth:`restore` it); no-op for stateless steps."""
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A small JSON marker of the state after the batches processed so far (empty when stateless)."""
+        return {}
+
+    def restore(self, marker: dict[str, Any]) -> None:
+        """Return the state kept under :meth:`set_state_dir` to what ``marker`` describes,
+        forgetting batches processed after that checkpoint."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"

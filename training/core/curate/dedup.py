@@ -80,22 +80,50 @@ class ExactDedup(Step):
     def __init__(self, config: ExactDedupConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self._folder: Path | None = None
+        self._state_dir: Path | None = None
         self._runs: SortedRuns | None = None
         self._ids: _IdStore | None = None
+        self._hashes: _SignatureStore | None = None  # kept hashes in order, as uint32 pairs
 
     def reset(self) -> None:
         if self._runs is not None:
             self._runs.close()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
-        self._folder, self._runs, self._ids = None, None, None
+        self._folder, self._runs, self._ids, self._hashes = None, None, None, None
+
+    def set_state_dir(self, folder: str | Path) -> None:
+        self.reset()
+        self._state_dir = Path(folder)
+
+    def _open(self) -> None:
+        cfg: ExactDedupConfig = self.config  # type: ignore[assignment]
+        if self._state_dir is not None:
+            self._state_dir.mkdir(parents=True, exist_ok=True)
+            self._folder = self._state_dir
+        else:
+            self._folder = _private_folder(cfg.workdir, "exact-")
+        self._runs, self._ids = SortedRuns(1, self._folder), _IdStore(self._folder)
+        self._hashes = _SignatureStore(2, self._folder)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"size": len(self._ids) if self._ids is not None else 0}
+
+    def restore(self, marker: dict[str, Any]) -> None:
+        size = int(marker.get("size", 0))
+        if self._runs is None:
+            self._open()
+        assert self._runs is not None and self._ids is not None and self._hashes is not None
+        self._hashes.truncate(size)
+        self._ids.truncate(size)
+        self._runs = _rebuild_runs(self._runs, self._folder, 1, size, lambda lo, hi: (
+            self._hashes.take(np.arange(lo, hi)).view(np.uint64)))  # type: ignore[union-attr]
 
     def process(self, docs: list[Doc]) -> StepResult:
         cfg: ExactDedupConfig = self.config  # type: ignore[assignment]
         if self._runs is None:
-            self._folder = _private_folder(cfg.workdir, "exact-")
-            self._runs, self._ids = SortedRuns(1, self._folder), _IdStore(self._folder)
-        assert self._ids is not None
+            self._open()
+        assert self._ids is not None and self._hashes is not None
         hashes = np.fromiter((content_hash(d["text"], cfg.normalize) for d in docs), dtype=np.uint64,
                              count=len(docs))
         stored = self._runs.lookup(hashes[:, None], limit=1)
@@ -120,6 +148,7 @@ class ExactDedup(Step):
             rows = np.asarray(new_rows)
             self._runs.add(hashes[rows][:, None], np.arange(len(self._ids), len(self._ids) + rows.size))
             self._ids.extend([str(docs[r]["id"]) for r in new_rows])
+            self._hashes.append(hashes[rows].view(np.uint32).reshape(-1, 2))
         return StepResult(kept, decisions)
 
 
@@ -387,6 +416,14 @@ class _SignatureStore:
         self._mem[self.size:need] = sig
         self.size = need
 
+    def truncate(self, size: int) -> None:
+        """Forget everything after the first ``size`` rows."""
+        if self._path is not None:
+            with self._path.open("ab") as f:
+                f.truncate(size * self.num_perm * 4)
+            self._map = None
+        self.size = min(self.size, size) if self._path is None else size
+
     def take(self, idx: np.ndarray) -> np.ndarray:
         if self._path is None:
             return self._mem[idx]
@@ -419,6 +456,22 @@ class _IdStore:
             f.write(b"".join(lines))
         ends = self._offsets[-1] + np.cumsum([len(x) for x in lines])
         self._offsets = np.concatenate([self._offsets, ends])
+
+    def truncate(self, size: int) -> None:
+        """Keep the first ``size`` ids (re-reading the offsets from the file)."""
+        if self._path is None:
+            del self._ids[size:]
+            self._size = len(self._ids)
+            return
+        ends = [0]
+        if self._path.exists():
+            with self._path.open("rb") as f:
+                for _, line in zip(range(size), f):
+                    ends.append(ends[-1] + len(line))
+            with self._path.open("ab") as f:
+                f.truncate(ends[-1])
+        self._offsets = np.asarray(ends, dtype=np.int64)
+        self._size = len(ends) - 1
 
     def __getitem__(self, i: int) -> str:
         if self._path is None:
@@ -530,6 +583,21 @@ def _private_folder(workdir: str, prefix: str) -> Path | None:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
 
 
+def _rebuild_runs(runs: SortedRuns, folder: Path | None, n_keys: int, size: int,
+                  keys_of: Any, chunk: int = 1 << 18) -> SortedRuns:
+    """A fresh :class:`SortedRuns` over the first ``size`` entries, whose keys ``keys_of(lo, hi)``
+    recomputes from the append-only store (files of the old runs, and stray ones, are deleted)."""
+    runs.close()
+    if folder is not None:
+        for stray in folder.glob("run*.npy"):
+            stray.unlink(missing_ok=True)
+    fresh = SortedRuns(n_keys, folder)
+    for lo in range(0, size, chunk):
+        hi = min(size, lo + chunk)
+        fresh.add(np.asarray(keys_of(lo, hi)).reshape(hi - lo, n_keys), np.arange(lo, hi, dtype=np.int64))
+    return fresh
+
+
 class LSHIndex:
     """Streaming MinHash-LSH index of kept documents.
 
@@ -540,10 +608,12 @@ class LSHIndex:
     """
 
     def __init__(self, num_perm: int, bands: int, rows: int, threshold: float = 0.7, verify: bool = True,
-                 workdir: str = "", max_candidates: int = 32) -> None:
+                 workdir: str = "", max_candidates: int = 32, folder: Path | None = None) -> None:
         self.bands, self.rows, self.threshold, self.verify = bands, rows, threshold, verify
         self.max_candidates = max_candidates
-        self.folder = _private_folder(workdir, "lsh-")
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder if folder is not None else _private_folder(workdir, "lsh-")
         self.store = _SignatureStore(num_perm, self.folder)
         self.runs = SortedRuns(bands, self.folder)
 
@@ -594,6 +664,12 @@ class LSHIndex:
             self.runs.add(keys[rows], new_index[rows])
         return match, sim
 
+    def restore(self, size: int) -> None:
+        """Keep the first ``size`` documents (from this index's files) and rebuild the band runs."""
+        self.store.truncate(size)
+        self.runs = _rebuild_runs(self.runs, self.folder, self.bands, size, lambda lo, hi: band_keys(
+            self.store.take(np.arange(lo, hi)), self.bands, self.rows))
+
     def close(self) -> None:
         """Forget the index and delete its files."""
         self.runs.close()
@@ -614,18 +690,32 @@ class NearDedup(Step):
         super().__init__(config, **overrides)
         self._index: LSHIndex | None = None
         self._ids = _IdStore()
+        self._state_dir: Path | None = None
 
     def reset(self) -> None:
         if self._index is not None:
             self._index.close()
         self._index, self._ids = None, _IdStore()
 
+    def set_state_dir(self, folder: str | Path) -> None:
+        self.reset()
+        self._state_dir = Path(folder)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"size": len(self._index) if self._index is not None else 0}
+
+    def restore(self, marker: dict[str, Any]) -> None:
+        size = int(marker.get("size", 0))
+        index = self._get_index()
+        index.restore(size)
+        self._ids.truncate(size)
+
     def _get_index(self) -> LSHIndex:
         if self._index is None:
             cfg: MinHashConfig = self.config  # type: ignore[assignment]
             bands, rows = cfg.band_rows()
             self._index = LSHIndex(cfg.num_perm, bands, rows, cfg.threshold, cfg.verify, cfg.workdir,
-                                   cfg.max_candidates)
+                                   cfg.max_candidates, folder=self._state_dir)
             self._ids = _IdStore(self._index.folder)
         return self._index
 

@@ -26,6 +26,7 @@ from training.core.curate.decontam import Decontaminate
 from training.core.curate.dedup import ExactDedup, NearDedup
 from training.core.curate.extract import ExtractHTML, Normalize
 from training.core.curate.filters import LanguageFilter, ToxicityFilter
+from training.core.curate.pii import ENTITIES as PII_ENTITIES
 from training.core.curate.pii import RedactPII
 from training.core.curate.quality import C4Filter, FineWebQuality, GopherQuality, GopherRepetition
 from training.core.curate.segment import LengthFilter, Segment
@@ -200,23 +201,27 @@ class Pipeline:
         With ``workers > 1`` the leading stateless steps (everything before the first dedup
         step) run in a pool of worker processes, the rest in this process.
         """
-        if workers <= 1:
-            for batch in batched(docs, batch_size):
-                yield from self.process_batch(batch)
-            return
+        for kept in self.run_batches(batched(docs, batch_size), workers):
+            yield from kept
+
+    def run_batches(self, batches: Iterable[list[Doc]], workers: int = 1) -> Iterator[list[Doc]]:
+        """Like :meth:`run` over batches the caller forms: yields the kept documents of each
+        input batch (one list per batch, possibly empty), in order. The caller's batch
+        boundaries are kept, so a run cut into shards gives the same results as one piece."""
         split = next((i for i, s in enumerate(self.steps) if s.name in STATEFUL), len(self.steps))
-        if split == 0:
-            yield from self.run(docs, batch_size, 1)
+        if workers <= 1 or split == 0:
+            for batch in batches:
+                yield self.process_batch(batch)
             return
         ctx = mp.get_context("fork")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(self.steps[:split],)) as pool:
             pending: deque = deque()  # at most 2 batches per worker in flight: bounded memory
-            for batch in batched(docs, batch_size):
+            for batch in batches:
                 pending.append(pool.apply_async(_work, (batch,)))
                 if len(pending) >= 2 * workers:
-                    yield from self._finish_parallel(*pending.popleft().get(), split)
+                    yield list(self._finish_parallel(*pending.popleft().get(), split))
             while pending:
-                yield from self._finish_parallel(*pending.popleft().get(), split)
+                yield list(self._finish_parallel(*pending.popleft().get(), split))
 
     def _finish_parallel(self, batch: list[Doc], results: list[tuple[StepResult, float]], split: int) -> Iterator[Doc]:
         """Record the worker's step results for one batch, then run the remaining steps here."""
@@ -259,6 +264,25 @@ class Pipeline:
                 "composition": self.composition(),
                 "skipped": {s.name: s.skipped for s in self.steps if getattr(s, "skipped", None)}}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running statistics as plain JSON data (to resume a run: :meth:`load_state_dict`)."""
+        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "batches": self.batches,
+                "stats": [{**s.to_dict(), "by_rule": dict(s.by_rule),
+                           "chars_removed_by_rule": dict(s.chars_removed_by_rule)} for s in self.stats],
+                "composition": self._composition}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the statistics saved by :meth:`state_dict` (the steps' own state is separate)."""
+        self.docs_in, self.docs_out, self.batches = state["docs_in"], state["docs_out"], state["batches"]
+        for st, saved in zip(self.stats, state["stats"]):
+            for key in ("docs_in", "docs_out", "chars_in", "chars_out", "words_in", "words_out",
+                        "docs_dropped", "docs_modified", "seconds"):
+                setattr(st, key, saved[key])
+            st.by_rule = Counter(saved["by_rule"])
+            st.chars_removed_by_rule = Counter(saved["chars_removed_by_rule"])
+            st.examples = {k: list(v) for k, v in saved["examples"].items()}
+        self._composition = state["composition"]
+
     def reset(self) -> None:
         for s in self.steps:
             s.reset()
@@ -300,7 +324,9 @@ def build_step(item: dict[str, Any]) -> Step:
 
 def default_recipe() -> list[dict[str, Any]]:
     """The FineWeb-like default: extract HTML, normalize, length, English only, Gopher repetition
-    and quality (datatrove thresholds), profanity, PII redaction, then exact and near dedup.
+    and quality (datatrove thresholds), profanity, PII redaction (every type but person names,
+    which need the much slower NER model: add ``"PERSON"`` to ``entities`` to redact them too),
+    then exact and near dedup.
 
     Filters come before dedup (as in FineWeb): they are stateless, so a parallel run spreads them
     over worker processes, and dedup then only indexes documents that survived.
@@ -313,7 +339,8 @@ def default_recipe() -> list[dict[str, Any]]:
         {"step": "gopher_repetition", "config": {}},
         {"step": "gopher_quality", "config": {}},
         {"step": "toxicity", "config": {}},
-        {"step": "pii", "config": {}},
+        # person names (spaCy NER) are opt-in: NER is about 100x slower than every other step
+        {"step": "pii", "config": {"entities": [e for e in PII_ENTITIES if e != "PERSON"]}},
         {"step": "exact_dedup", "config": {}},
         {"step": "near_dedup", "config": {}},
     ]
