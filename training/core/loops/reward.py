@@ -37,7 +37,7 @@ from training.core.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from training.core.config import ConfigError, RewardConfig
+from training.core.config import ConfigError, LoRAConfig, RewardConfig
 from training.core.data.preference import PreferencePair, collate_pairs, tokenize_pairs
 from training.core.data.records import IndexSampler, read_records, split_records
 from training.core.distributed import (
@@ -261,7 +261,7 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
     resume = broadcast_object(resolve_resume(cfg) if ctx.is_main else None, ctx)
     if resume is not None:
         saved = read_checkpoint_config(resume)
-        if saved.get("kind") != "reward" or saved.get("lora") != cfg.lora.to_dict():
+        if saved.get("kind") != "reward" or LoRAConfig.from_dict(saved.get("lora")) != cfg.lora:
             raise ConfigError("resume_from", f"{resume} is not a checkpoint of a reward run with these LoRA settings",
                               "resume from this run's own folder, or start a new run with init_from")
         state = load_checkpoint(resume, model, optimizer, ctx=ctx)

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from training.core.callbacks import Callbacks
 from training.core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from training.core.config import ConfigError, SFTConfig
+from training.core.config import ConfigError, LoRAConfig, SFTConfig
 from training.core.data.records import IndexSampler, read_records, split_records
 from training.core.data.sft import SFTExample, collate_rows, pack_rows, tokenize_examples
 from training.core.distributed import (
@@ -159,7 +159,7 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
     resume = broadcast_object(resolve_resume(cfg) if ctx.is_main else None, ctx)
     if resume is not None:
         saved = read_checkpoint_config(resume)
-        if saved.get("kind") != "sft" or saved.get("lora") != cfg.lora.to_dict():
+        if saved.get("kind") != "sft" or LoRAConfig.from_dict(saved.get("lora")) != cfg.lora:
             raise ConfigError("resume_from", f"{resume} is not a checkpoint of an SFT run with these LoRA settings",
                               "resume from this run's own folder, or start a new run with init_from")
         state = load_checkpoint(resume, model, optimizer, ctx=ctx)
