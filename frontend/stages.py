@@ -17,7 +17,8 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "Data", "builder",
-          "Collect text, clean it, remove duplicates, toxic text and personal data, and build versioned datasets."),
+          "Collect text, clean it, remove duplicates, toxic text and personal data, and build versioned datasets.",
+          own_pages=True),
     Stage("tokenizers", "Tokenizers", "builder",
           "Train byte-level BPE tokenizers on a dataset version and check their compression.", own_pages=True),
     Stage("pretraining", "Pretraining", "builder",

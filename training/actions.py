@@ -433,6 +433,20 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def worker_gone(worker: str) -> bool:
+    """Whether ``worker`` (``host:pid`` of :func:`worker_id`) is a dead process of this host."""
+    whost, _, wpid = worker.rpartition(":")
+    if whost != socket.gethostname() or not wpid.isdigit() or int(wpid) == os.getpid():
+        return False
+    try:
+        os.kill(int(wpid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
 WAIT_FOR_GPUS = "wait"
 
 
@@ -522,19 +536,10 @@ def register_tokenizer(run: Run, result: dict[str, Any]) -> Tokenizer:
 def mark_lost_runs(*, this_worker_starting: bool = False) -> list[int]:
     """Mark ``interrupted`` every running run whose worker is gone: its heartbeat is older than
     ``STUDIO_RUN_STALE_SECONDS``, or (when a worker starts) its worker on this host is dead."""
-    host = socket.gethostname()
     now = timezone.now()
     lost = []
     for run in Run.objects.filter(status=RUNNING):
-        whost, _, wpid = run.worker.rpartition(":")
-        dead = False
-        if whost == host and wpid.isdigit() and int(wpid) != os.getpid():
-            try:
-                os.kill(int(wpid), 0)
-            except ProcessLookupError:
-                dead = True
-            except PermissionError:
-                pass
+        dead = worker_gone(run.worker)
         stale = run.heartbeat_at is None or now - run.heartbeat_at > timedelta(seconds=STALE_SECONDS)
         if dead or stale:
             lost.append(run.pk)

@@ -1,10 +1,11 @@
 """API routes of the training app (mounted under /api/)."""
 
-from django.urls import path
+from django.urls import include, path
 
 from training import views
 
 urlpatterns = [
+    path("datastudio/", include("training.datastudio.api_urls")),
     path("datasets/", views.DatasetListView.as_view(), name="api-datasets"),
     path("datasets/upload/", views.DatasetUploadView.as_view(), name="api-dataset-upload"),
     path("datasets/<int:pk>/", views.DatasetDetailView.as_view(), name="api-dataset"),

@@ -228,3 +228,6 @@ def startup_check() -> None:
 def check_lost_runs() -> list[int]:
     """Every minute: runs whose heartbeat is stale become interrupted."""
     return actions.mark_lost_runs()
+
+
+from training.datastudio import tasks as _datastudio_tasks  # noqa: E402,F401  (registers the data studio tasks)

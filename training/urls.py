@@ -1,6 +1,6 @@
 """Page routes of the training app: tokenizers, pretraining runs, comparison, chat playground."""
 
-from django.urls import path
+from django.urls import include, path
 
 from training import views
 
@@ -13,4 +13,5 @@ urlpatterns = [
     path("runs/<int:pk>/", views.run_detail_page, name="run-detail"),
     path("deploy/", views.deploy_page, name="stage-deploy"),
     path("chat/", views.chat_page, name="chat"),
+    path("", include("training.datastudio.urls")),
 ]

@@ -72,7 +72,12 @@ class DatasetVersion(models.Model):
 
     @property
     def documents_file(self) -> Path:
-        return Path(self.path) / "documents.jsonl"
+        """``documents.jsonl``; for a data studio version (shards listed in the manifest) its ``data/``
+        folder, which the core's ``--input`` reads shard by shard."""
+        folder = Path(self.path)
+        if self.manifest.get("files") and not (folder / "documents.jsonl").exists():
+            return folder / "data"
+        return folder / "documents.jsonl"
 
 
 class Tokenizer(models.Model):

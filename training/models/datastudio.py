@@ -60,10 +60,17 @@ class DataSource(models.Model):
         return Path(self.path) / "documents.jsonl"
 
     def as_record(self) -> dict:
-        """The source as the core's datasheet and runner see it (plain values)."""
-        return {"id": self.pk, "name": self.name, "kind": self.kind, "origin": self.origin, "domain": self.domain,
-                "language": self.language, "licence": self.licence, "documents": self.documents,
-                "bytes": self.bytes, "path": str(self.documents_file)}
+        """The source as the core's runner and datasheet take it (plain values)."""
+        record = {"id": self.pk, "name": self.name, "kind": self.kind, "domain": self.domain,
+                  "language": self.language, "licence": self.licence or "unknown", "documents": self.documents,
+                  "bytes": self.bytes, "content_hash": self.content_hash}
+        if self.kind == "url":
+            record["url"] = self.origin
+        elif self.kind == "corpus":
+            record["package"] = self.origin
+        else:
+            record["path"] = self.origin
+        return record
 
 
 class CurationRun(models.Model):
