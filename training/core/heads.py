@@ -64,8 +64,8 @@ class ScalarHead(nn.Module):
 class RewardModel(nn.Module):
     """A transformer backbone plus a scalar head; ``forward`` returns one reward per sequence.
 
-    ``backbone`` is a decoder :class:`Transformer` (its vocabulary head is unused and stays in
-    the state dict so that a policy checkpoint loads unchanged). The head starts at normal(0,
+    ``backbone`` is a decoder :class:`Transformer` (its vocabulary head is unused: frozen, and kept
+    in the state dict so that a policy checkpoint loads unchanged). The head starts at normal(0,
     ``1/sqrt(dim+1)``) like Hugging Face's score layer, from ``seed``.
     """
 
@@ -75,6 +75,8 @@ class RewardModel(nn.Module):
         self.cfg = backbone.cfg
         device = backbone.tok_embeddings.weight.device
         self.score = ScalarHead(backbone.cfg.dim).to(device)
+        if not backbone.cfg.tie_embeddings:  # the vocabulary head is off the reward path: never trained
+            backbone.output.weight.requires_grad_(False)
         if device.type != "meta":
             gen = torch.Generator(device=device).manual_seed(seed)
             self.score.reset_parameters(1.0 / (backbone.cfg.dim + 1) ** 0.5, gen)
