@@ -49,9 +49,18 @@ def _pct(part: float, whole: float) -> str:
     return f"{100.0 * part / whole:.1f} %" if whole else "–"
 
 
+def _value_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and (len(value) > 8 or any(len(str(v)) > 40 for v in value)):
+        return f"<{len(value)} items>"
+    if isinstance(value, str) and len(value) > 60:
+        return value[:57] + "..."
+    return str(list(value) if isinstance(value, tuple) else value)
+
+
 def _config_text(config: dict[str, Any]) -> str:
+    """Every setting of a step (defaults included), long lists summarized."""
     shown = {k: v for k, v in (config or {}).items() if k != "workdir" and v not in (None, "", [], {})}
-    return ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "defaults"
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in sorted(shown.items())) or "no settings"
 
 
 def composition_tables(composition: dict[str, Any]) -> list[str]:
@@ -117,7 +126,7 @@ def datasheet_markdown(manifest: dict[str, Any], report: dict[str, Any], sources
 
     out += ["## Preprocessing", "", "Steps in order, with their exact settings:", ""]
     steps = report.get("steps", [])
-    recipe = manifest.get("recipe", report.get("recipe", []))
+    recipe = report.get("recipe") or manifest.get("recipe", [])  # the report's has every default filled in
     rows = []
     for i, item in enumerate(recipe):
         st = steps[i] if i < len(steps) else {}
