@@ -147,8 +147,8 @@ def test_curation_core_does_not_import_django() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
-@pytest.mark.parametrize("module", ["balance", "base", "decontam", "dedup", "extract", "filters", "pii",
-                                    "pipeline", "quality", "segment", "text"])
+@pytest.mark.parametrize("module", ["balance", "base", "datasheet", "decontam", "dedup", "extract", "filters",
+                                    "pii", "pipeline", "quality", "runner", "segment", "sources", "text"])
 def test_docstring_examples(module: str) -> None:
     import doctest
     import importlib
@@ -157,27 +157,34 @@ def test_docstring_examples(module: str) -> None:
     assert result.failed == 0
 
 
-def test_headless_cli_writes_documents_decisions_and_report(austen_sample: list[str], tmp_path: Path) -> None:
+def test_headless_cli_writes_a_dataset_version(austen_sample: list[str], tmp_path: Path) -> None:
     import json
+    import zipfile
 
     from training.core.curate.__main__ import main
+    from training.core.curate.base import CurationError
+    from training.core.curate.runner import iter_decisions, iter_version_documents
 
     src = tmp_path / "mine.jsonl"
     lines = [json.dumps({"id": f"a{i}", "text": t}) for i, t in enumerate(austen_sample[:6])]
     lines.append(json.dumps({"text": austen_sample[0]}))  # duplicate without id
     src.write_text("\n".join(lines) + "\n")
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as z:  # an upload-style input is imported first
+        z.writestr("notes/b.txt", austen_sample[7])
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps([{"step": "length", "config": {"min_words": 20}}, {"step": "exact_dedup"}]))
-    report = main(["--input", str(src), "--recipe", str(recipe), "--out", str(tmp_path / "out"),
-                   "--batch-size", "3", "--no-progress"])
-    kept = [json.loads(x) for x in (tmp_path / "out/documents.jsonl").read_text().splitlines()]
-    decisions = [json.loads(x) for x in (tmp_path / "out/decisions.jsonl").read_text().splitlines()]
-    assert [d["id"] for d in kept] == [f"a{i}" for i in range(6)] and kept[0]["source"] == "mine"
-    assert decisions == [{"doc_id": "mine/7", "step": "exact_dedup", "rule": "exact_duplicate", "action": "drop",
-                          "value": 1.0, "threshold": None, "detail": {"duplicate_of": "a0"}}]
-    assert json.loads((tmp_path / "out/report.json").read_text())["docs_out"] == report["docs_out"] == 6
-    assert not list((tmp_path / "out").glob(".*partial"))
+    manifest = main(["--input", str(src), "--input", str(tmp_path / "more.zip"), "--recipe", str(recipe),
+                     "--out", str(tmp_path / "out"), "--batch-size", "3", "--shard-docs", "4", "--no-progress"])
+    kept = list(iter_version_documents(tmp_path / "out"))
+    assert [d["id"] for d in kept] == [f"a{i}" for i in range(6)] + ["more/more.zip!notes/b.txt"]
+    assert list(iter_decisions(tmp_path / "out")) == [
+        {"doc_id": "mine/7", "step": "exact_dedup", "rule": "exact_duplicate", "action": "drop",
+         "value": 1.0, "threshold": None, "detail": {"duplicate_of": "a0"}}]
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["counts"]["docs_out"] == 7
+    assert manifest["counts"]["docs_in"] == 8 and len(manifest["files"]) == 2
+    assert (tmp_path / "out/datasheet.md").exists() and (tmp_path / "out/report.json").exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\nnot json\n')
-    with pytest.raises(ConfigError, match="bad.jsonl:2"):
+    with pytest.raises(CurationError, match="bad.jsonl:2"):
         main(["--input", str(bad), "--out", str(tmp_path / "out2"), "--no-progress"])
+    assert not (tmp_path / "out2").exists()
