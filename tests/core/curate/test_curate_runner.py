@@ -171,6 +171,9 @@ def test_cancel_keeps_finished_shards_and_resumes(planted: dict, reference: Path
     result = run_recipe(planted["inputs"], planted["recipe"], out, shard_docs=16, batch_size=8,
                         on_progress=seen.append, should_stop=lambda: len(seen) >= 3)
     assert result["status"] == "cancelled" and result["shards_done"] == 1 and not out.exists()
+    dedup = work_dir_for(out) / "dedup"  # the dedup indexes live in files, not in memory
+    assert (next(dedup.glob("*-near_dedup")) / "signatures.u32").stat().st_size > 0
+    assert (next(dedup.glob("*-exact_dedup")) / "ids.jsonl").stat().st_size > 0
     with pytest.raises(CurationError) as e:  # other settings cannot resume this work folder
         run_recipe(planted["inputs"], planted["recipe"], out, shard_docs=32, batch_size=8)
     assert e.value.code == "resume_mismatch"
