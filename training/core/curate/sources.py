@@ -27,6 +27,7 @@ import os
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -348,7 +349,6 @@ def _csv_rows(w: _Writer, text: str, path: str) -> None:
     if col is None or col not in header:
         w.refuse(path, "no_text_column", f"refused: no text column (columns: {', '.join(header[:20])})")
         return
-    i_text = header.index(col)
     while True:
         line = reader.line_num + 1
         try:
@@ -372,7 +372,6 @@ def _csv_rows(w: _Writer, text: str, path: str) -> None:
         if "id" in rec:
             rec["record_id"] = rec.pop("id")
         w.doc(text, path, "csv", f"#{line}", **rec)
-        _ = i_text
 
 
 def _parquet_rows(w: _Writer, source: str | Path | IO[bytes], path: str) -> None:
@@ -500,14 +499,8 @@ def _import_archive(w: _Writer, f: IO[bytes], size: int, path: str, fmt: str, de
                                       "this looks like an archive bomb; raise "
                                       "SourceLimits.max_compression_ratio if the file is genuine")
                 _member(w, info.name, path, lambda i=info: tf.extractfile(i), info.size, None, depth)
-        except (tarfile.TarError, EOFError, zlib_error()) as e:
+        except (tarfile.TarError, EOFError, zlib.error) as e:
             w.refuse(path, "malformed_archive", f"refused: the archive is truncated or corrupt ({e})")
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error
 
 
 def _member(w: _Writer, name: str, archive: str, opener: Callable[[], IO[bytes] | None], declared: int,
