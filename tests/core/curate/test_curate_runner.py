@@ -210,3 +210,10 @@ def test_decisions_are_the_audit_trail(reference: Path) -> None:
     toxic = list(iter_decisions(reference, rule="toxic"))
     assert [d["doc_id"] for d in toxic] == ["toxic"] and toxic[0]["value"] > toxic[0]["threshold"]
     assert {d["step"] for d in iter_decisions(reference, step="pii")} == {"pii"}
+
+
+def test_tokenizer_and_pretraining_inputs_read_the_version(reference: Path) -> None:
+    from training.core.cli import iter_texts
+
+    texts = list(iter_texts([str(reference / "data")]))
+    assert texts == [d["text"] for d in iter_version_documents(reference)] and len(texts) == 41
