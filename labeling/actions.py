@@ -1,9 +1,10 @@
 """Labeling actions: the only code that changes labeling records.
 
-Every write is one transaction. On SQLite the studio opens transactions with ``BEGIN IMMEDIATE``
-(writers queue); on PostgreSQL the item row is locked with ``SELECT … FOR UPDATE`` while a slot
-is handed out, and ``unique(item, slot)`` / ``unique(item, annotator)`` reject anything that
-slips past. Events go to the project's group (``labeling.project.<id>``) for the live dashboard.
+Every write is one transaction. On SQLite the hot writes (assignment, submission, skip, edit)
+queue on the database's write lock (:func:`studio.dbwrite.write_transaction`, shared by every
+web worker process) and open with ``BEGIN IMMEDIATE``; on PostgreSQL the item row is locked with
+``SELECT … FOR UPDATE`` while a slot is handed out, and ``unique(item, slot)`` /
+``unique(item, annotator)`` reject anything that slips past. Events go to the project's group (``labeling.project.<id>``) for the live dashboard.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, Count, F, OuterRef, Q, Subquery, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
 from labeling.imports import ItemSpec, parse_jsonl
@@ -51,6 +49,7 @@ from labeling.models import (
     Response,
     Snapshot,
 )
+from studio.dbwrite import write_transaction
 from studio.errors import StudioAPIError
 from studio.events import publish
 
@@ -58,25 +57,6 @@ PROJECT_FIELDS = ("name", "description", "guidelines", "task_type", "criteria", 
                   "overlap", "gold_rate", "annotator_cap", "lock_ttl_seconds", "edit_window_seconds",
                   "gold_warn_accuracy", "gold_block_accuracy", "gold_min_judged", "archived")
 MAX_TIME_ON_TASK_MS = 24 * 3600 * 1000
-
-
-_SQLITE_WRITERS = threading.RLock()
-
-
-@contextmanager
-def write_transaction() -> Iterator[None]:
-    """``transaction.atomic()``; on SQLite, the threads of this process also queue on a lock first.
-
-    Django runs each request's sync code in its own thread; SQLite's busy handler polls with
-    sleeps, so under load a waiting writer can starve past the busy timeout ("database is
-    locked"). Queuing on a lock in-process leaves the busy timeout for other processes only.
-    """
-    if connection.vendor == "sqlite" and not connection.in_atomic_block:
-        with _SQLITE_WRITERS, transaction.atomic():
-            yield
-    else:
-        with transaction.atomic():
-            yield
 
 
 def _invalid(field_name: str, message: str, hint: str = "") -> StudioAPIError:
@@ -332,17 +312,34 @@ def gold_standing(project: Project, user: Any) -> tuple[float | None, int]:
     return counts["ok"] / counts["n"], counts["n"]
 
 
-def _candidates(project: Project, user: Any, gold: bool) -> Any:
-    qs = (Item.objects.filter(project=project, is_gold=gold, complete=False)
-          .exclude(assignments__annotator=user)
-          .exclude(slots__response__author=user))  # no self-review
+def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -> tuple[int, int] | None:
+    """``(item id, slots held)`` of the first item (in id order) ``user`` may be handed now, or None.
+
+    Not complete, never assigned to this user, no response written by this user (no
+    self-review), and — for regular items — fewer held slots than the overlap. One hand-written
+    statement: this runs for every judgement, and the ORM spends longer building the equivalent
+    query than the database spends answering it. ``lock`` (PostgreSQL) locks the item row,
+    skipping rows another transaction is handing out right now.
+    """
+    item, assignment = Item._meta.db_table, Assignment._meta.db_table
+    slots, response = ItemResponse._meta.db_table, Response._meta.db_table
+    held = f"(SELECT COUNT(*) FROM {assignment} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
+    sql = (f"SELECT i.id, {held} FROM {item} i "
+           "WHERE i.project_id = %s AND i.is_gold = %s AND i.complete = %s "
+           f"AND NOT EXISTS (SELECT 1 FROM {assignment} m WHERE m.item_id = i.id AND m.annotator_id = %s) "
+           f"AND NOT EXISTS (SELECT 1 FROM {slots} s JOIN {response} r ON r.id = s.response_id "
+           "WHERE s.item_id = i.id AND r.author_id = %s) ")
+    params: list[Any] = [project.pk, gold, False, user.pk, user.pk]
     if not gold:
-        # a correlated count per candidate (walked in id order, stops at the first free item) instead
-        # of a GROUP BY over every item of the project
-        held = (Assignment.objects.filter(item=OuterRef("pk"), slot__isnull=False).order_by()
-                .values("item").annotate(n=Count("id")).values("n"))
-        qs = qs.annotate(held=Coalesce(Subquery(held), 0)).filter(held__lt=project.overlap)
-    return qs.select_related("prompt").order_by("id")
+        sql += f"AND {held} < %s "
+        params.append(project.overlap)
+    sql += "ORDER BY i.id LIMIT 1"
+    if lock:
+        sql += " FOR UPDATE OF i SKIP LOCKED"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def next_item(project: Project, user: Any, *, rng: random.Random | None = None) -> Assignment:
@@ -377,36 +374,33 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                     if done >= project.annotator_cap:
                         raise NoItem("cap_reached", f"You have reached this project's cap of "
                                      f"{project.annotator_cap} judgements.")
-                item = None
+                expires = now + timedelta(seconds=project.lock_ttl_seconds)
                 if project.gold_rate > 0 and rng.random() < project.gold_rate:
-                    item = _candidates(project, user, gold=True).first()
-                    if item is not None:
-                        return Assignment.objects.create(project=project, item=item, annotator=user, slot=None,
-                                                         is_gold=True, expires_at=now + timedelta(
-                                                             seconds=project.lock_ttl_seconds))
-                candidates = _candidates(project, user, gold=False)
-                if connection.features.has_select_for_update_skip_locked:
-                    # PostgreSQL: lock the item row so two transactions cannot both take its last
-                    # slot, skipping rows another annotator's transaction is locking right now
-                    candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-                candidate = candidates.first()
+                    gold = _free_item(project, user, gold=True)
+                    if gold is not None:
+                        return Assignment.objects.create(project=project, item_id=gold[0], annotator=user, slot=None,
+                                                         is_gold=True, expires_at=expires)
+                # PostgreSQL: lock the item row so two transactions cannot both take its last slot,
+                # skipping rows another annotator's transaction is locking right now
+                skip_locked = connection.features.has_select_for_update_skip_locked
+                candidate = _free_item(project, user, gold=False, lock=skip_locked)
                 if candidate is None:
-                    if _attempt < attempts - 1 and connection.features.has_select_for_update_skip_locked \
-                            and _candidates(project, user, gold=False).exists():
+                    if _attempt < attempts - 1 and skip_locked \
+                            and _free_item(project, user, gold=False) is not None:
                         continue  # every free item is being handed out to someone else: look again
                     raise NoItem("no_items", "Nothing left for you to label in this project right now.")
-                item = candidate
-                # SQLite: BEGIN IMMEDIATE serializes writers, so the counted slots are current
-                if candidate.held == 0 and not connection.features.has_select_for_update:
+                item_id, held = candidate
+                # SQLite: the write lock serializes writers, so the counted slots are current
+                if held == 0 and not connection.features.has_select_for_update:
                     free = list(range(project.overlap))
                 else:
-                    used = set(Assignment.objects.filter(item=item, slot__isnull=False)
+                    used = set(Assignment.objects.filter(item_id=item_id, slot__isnull=False)
                                .values_list("slot", flat=True))
                     free = [s for s in range(project.overlap) if s not in used]
                 if not free:
                     continue
-                return Assignment.objects.create(project=project, item=item, annotator=user, slot=free[0],
-                                                 expires_at=now + timedelta(seconds=project.lock_ttl_seconds))
+                return Assignment.objects.create(project=project, item_id=item_id, annotator=user, slot=free[0],
+                                                 expires_at=expires)
         except IntegrityError:  # a concurrent transaction took the slot (PostgreSQL): try again
             continue
     raise NoItem("busy", "Items are being handed out to others right now; try again.")
@@ -551,7 +545,7 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
         item = a.item
         fields = _answer_fields(item, data)
         judgement = Judgement.objects.create(
-            project_id=a.project_id, item=item, assignment=a, annotator=user, client_token=client_token or None,
+            project=item.project, item=item, assignment=a, annotator=user, client_token=client_token or None,
             is_gold=item.is_gold, gold_correct=gold_correct(item, fields), **fields)
         a.status, a.finished_at = ASSIGN_SUBMITTED, now
         a.save(update_fields=["status", "finished_at"])

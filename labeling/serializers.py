@@ -15,6 +15,7 @@ from labeling.models import (
     TASK_TYPES,
     Assignment,
     Item,
+    ItemResponse,
     Judgement,
     Project,
     Report,
@@ -76,9 +77,11 @@ class ShownResponseSerializer(serializers.Serializer):
 
 def assignment_data(a: Assignment) -> dict[str, Any]:
     """An assignment with what the annotator sees. Model names are hidden (no identity leaks)."""
-    item: Item = a.item
+    # one query: the shown responses with their item and its prompt
+    slots = list(ItemResponse.objects.filter(item_id=a.item_id).select_related("response", "item__prompt")
+                 .order_by("position"))
+    item: Item = slots[0].item if slots else a.item
     item.project = a.project
-    slots = list(item.slots.select_related("response").order_by("position"))
     labels = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     project = a.project
     return {

@@ -87,6 +87,11 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and env_bool("STUDIO_DB_POOL", True):
+        # Under ASGI each request's sync code runs in a fresh thread, so connections cannot persist
+        # per thread; a pool per process hands them back and forth instead of connecting per request.
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1, "max_size": env_int("STUDIO_DB_POOL_SIZE", 8, minimum=1), "timeout": 30}
 else:
     DATABASES = {
         "default": {
@@ -136,6 +141,14 @@ else:
     # The in-memory layer does not cross processes: consumers follow the stored events table.
     STUDIO_EVENTS_TRANSPORT = "database"
 STUDIO_EVENTS_POLL_SECONDS = float(os.environ.get("STUDIO_EVENTS_POLL_SECONDS", "0.25"))
+
+# ---- web server (runstudio) -------------------------------------------------------------------
+# Uvicorn worker processes behind one port; a laptop's cores, at most 4 (each holds a copy of the app)
+STUDIO_WEB_WORKERS = env_int("STUDIO_WEB_WORKERS", max(1, min(4, os.cpu_count() or 1)), minimum=1)
+STUDIO_WEB_SERVER = os.environ.get("STUDIO_WEB_SERVER", "uvicorn").strip() or "uvicorn"
+if STUDIO_WEB_SERVER not in ("uvicorn", "daphne"):
+    raise SettingError("STUDIO_WEB_SERVER", f"unknown web server {STUDIO_WEB_SERVER!r}", "uvicorn")
+STUDIO_ACCESS_LOG = env_bool("STUDIO_ACCESS_LOG", True)
 
 # ---- auth, API --------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

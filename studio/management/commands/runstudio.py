@@ -1,5 +1,12 @@
 """Start the whole studio in the foreground: the ASGI web server (HTTP + websockets) and the Huey
-consumer, supervised together and stopped cleanly by Ctrl-C."""
+consumer, supervised together and stopped cleanly by Ctrl-C.
+
+The web server is Uvicorn with ``STUDIO_WEB_WORKERS`` worker processes sharing one listening
+socket (the kernel spreads connections over them). Nothing is kept per process that others need:
+live events cross processes through the database (or Redis with ``REDIS_URL``), SQLite writers
+queue on a lock file beside the database (:mod:`studio.dbwrite`). ``STUDIO_WEB_SERVER=daphne``
+runs one Daphne process instead.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,23 @@ def preflight() -> list[str]:
     return problems
 
 
+def web_command(host: str, port: int, workers: int) -> list[str]:
+    """The web server's command line: Uvicorn with ``workers`` processes on one socket (HTTP parsed
+    by httptools, uvloop event loop, websockets through the ``websockets`` library), or Daphne."""
+    if settings.STUDIO_WEB_SERVER == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers",
+                "studio.asgi:application"]
+    cmd = [sys.executable, "-m", "uvicorn", "studio.asgi:application", "--host", host, "--port", str(port),
+           "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
+           "--lifespan", "off", "--proxy-headers", "--timeout-graceful-shutdown", "10",
+           "--log-level", "warning"]
+    if settings.STUDIO_ACCESS_LOG:
+        cmd.append("--access-log")
+    else:
+        cmd.append("--no-access-log")
+    return cmd
+
+
 class Command(BaseCommand):
     help = "Run the studio: web server with websockets and the task-queue consumer, in one command."
 
@@ -50,6 +74,8 @@ class Command(BaseCommand):
                             help="serve only; run 'python manage.py run_huey' on worker machines")
         parser.add_argument("--workers", type=int, default=settings.HUEY_WORKERS,
                             help="task-queue worker threads (default: HUEY_WORKERS)")
+        parser.add_argument("--web-workers", type=int, default=settings.STUDIO_WEB_WORKERS,
+                            help="web server processes behind the one port (default: STUDIO_WEB_WORKERS)")
 
     def handle(self, *args, **opts):  # noqa: ANN002, ANN003, ANN201
         problems = preflight()
@@ -61,13 +87,15 @@ class Command(BaseCommand):
             children["worker"] = subprocess.Popen(
                 [sys.executable, str(MANAGE), "run_huey", "--workers", str(opts["workers"]), "--flush-locks"],
                 env=env, start_new_session=True)
-        children["web"] = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", opts["host"], "-p", str(opts["port"]),
-             "--proxy-headers", "studio.asgi:application"],
-            env=env, start_new_session=True)
+        if opts["web_workers"] < 1:
+            raise CommandError("--web-workers must be at least 1")
+        children["web"] = subprocess.Popen(web_command(opts["host"], opts["port"], opts["web_workers"]),
+                                           env=env, start_new_session=True)
+        web = (f"{opts['web_workers']} web worker{'s' if opts['web_workers'] > 1 else ''}"
+               if settings.STUDIO_WEB_SERVER == "uvicorn" else "daphne")
         self.stdout.write(self.style.SUCCESS(
-            f"LLM Studio on http://{opts['host']}:{opts['port']}/ "
-            f"(database {check_database()['address']}, queue {'off' if opts['no_worker'] else 'on'}); Ctrl-C stops it"))
+            f"LLM Studio on http://{opts['host']}:{opts['port']}/ ({web}, "
+            f"database {check_database()['address']}, queue {'off' if opts['no_worker'] else 'on'}); Ctrl-C stops it"))
 
         stopping = False
 
