@@ -217,3 +217,11 @@ def test_tokenizer_and_pretraining_inputs_read_the_version(reference: Path) -> N
 
     texts = list(iter_texts([str(reference / "data")]))
     assert texts == [d["text"] for d in iter_version_documents(reference)] and len(texts) == 41
+
+
+def test_empty_inputs_are_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(CurationError) as e:
+        run_recipe([str(empty)], [{"step": "length"}], tmp_path / "v")
+    assert e.value.code == "no_documents" and not work_dir_for(tmp_path / "v").exists()

@@ -235,6 +235,9 @@ def run_recipe(inputs: list[str], recipe: list[dict[str, Any]], out_dir: str | P
                             "choose a new version folder")
     work = work_dir_for(out)
     fingerprint = _fingerprint(inputs)
+    docs_total = count_documents(inputs)
+    if docs_total == 0:
+        raise CurationError("no_documents", "the inputs hold no documents", "import a source with documents first")
     params = {"recipe": recipe, "inputs": fingerprint, "shard_docs": shard_docs, "batch_size": batch_size,
               "output_format": output_format}
     state: dict[str, Any] | None = None
@@ -261,7 +264,6 @@ def run_recipe(inputs: list[str], recipe: list[dict[str, Any]], out_dir: str | P
         if not any(stray.name.startswith(f"part-{k:05d}.") for k in range(state["shards_done"])):
             stray.unlink()
 
-    docs_total = count_documents(inputs)
     shards_total = max(1, -(-docs_total // shard_docs))
     done_before = state["shards_done"] * shard_docs
     t0 = time.perf_counter()
@@ -327,7 +329,7 @@ def run_recipe(inputs: list[str], recipe: list[dict[str, Any]], out_dir: str | P
         if writer is not None:
             writer.abort()
         return {"status": "cancelled", "shards_done": state["shards_done"], "shards_total": shards_total,
-                "docs_done": state["shards_done"] * shard_docs, "work_dir": str(work)}
+                "docs_done": min(docs_total, state["shards_done"] * shard_docs), "work_dir": str(work)}
     return _finish(out, work, version, pipe, state, params, inputs, docs_total, workers, name, sources)
 
 
