@@ -225,3 +225,12 @@ def test_empty_inputs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CurationError) as e:
         run_recipe([str(empty)], [{"step": "length"}], tmp_path / "v")
     assert e.value.code == "no_documents" and not work_dir_for(tmp_path / "v").exists()
+
+
+def test_sample_documents_for_previews(planted: dict) -> None:
+    from training.core.curate.runner import sample_documents
+
+    sample = sample_documents(planted["inputs"], n=10, seed=1)
+    ids = [d["id"] for d in sample]
+    assert len(ids) == len(set(ids)) == 10 and sample == sample_documents(planted["inputs"], n=10, seed=1)
+    assert len(sample_documents(planted["inputs"], n=1000)) == planted["n"]

@@ -127,6 +127,23 @@ def iter_input_documents(inputs: list[str], skip: int = 0) -> Iterator[Doc]:
                 yield doc
 
 
+def sample_documents(inputs: list[str], n: int = 200, seed: int = 0) -> list[Doc]:
+    """A uniform random sample of ``n`` documents of the inputs (reservoir sampling: one pass,
+    memory for ``n`` documents), in input order: the sample a threshold preview runs on."""
+    import random
+
+    rng = random.Random(seed)
+    picked: list[tuple[int, Doc]] = []
+    for i, doc in enumerate(iter_input_documents(inputs)):
+        if len(picked) < n:
+            picked.append((i, doc))
+        else:
+            j = rng.randrange(i + 1)
+            if j < n:
+                picked[j] = (i, doc)
+    return [doc for _, doc in sorted(picked, key=lambda p: p[0])]
+
+
 class _ShardWriter:
     """Writes one output shard (JSONL or Parquet) and its decisions under temporary names."""
 
