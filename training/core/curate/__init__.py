@@ -26,7 +26,7 @@ from training.core.curate.quality import (C4Config, C4Filter, FineWebConfig, Fin
                                           GopherQualityConfig, GopherRepetition, GopherRepetitionConfig,
                                           c4_filter_text, fineweb_stats, gopher_quality_stats,
                                           gopher_repetition_stats, presets_table)
-from training.core.curate.runner import iter_decisions, iter_version_documents, run_recipe
+from training.core.curate.runner import iter_decisions, iter_version_documents, run_recipe, sample_documents
 from training.core.curate.segment import LengthConfig, LengthFilter, Segment, SegmentConfig, chunk_text
 from training.core.curate.sources import (ImportReport, SourceError, SourceLimits, import_corpus, import_file,
                                           import_folder, import_url)
@@ -45,5 +45,5 @@ __all__ = [
     "optimal_params", "presets_table", "preview", "profanity_scores", "redact_pii", "s_curve", "sampling_factors",
     "spot_check", "eval_texts_from_records", "SortedRuns", "CurationError", "ImportReport", "SourceError",
     "SourceLimits", "import_corpus", "import_file", "import_folder", "import_url", "iter_decisions",
-    "iter_version_documents", "run_recipe", "datasheet_markdown",
+    "iter_version_documents", "run_recipe", "datasheet_markdown", "sample_documents",
 ]
