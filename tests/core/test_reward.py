@@ -114,7 +114,9 @@ def test_reward_reads_the_last_real_token_whatever_the_padding() -> None:
     alone = torch.stack([rm(torch.tensor([short])), rm(torch.tensor([long]))]).squeeze(1)
     ids = torch.tensor([short + [0, 0], long])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    torch.testing.assert_close(rm(ids, attention_mask=mask), alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rm(ids, attention_mask=mask), alone, atol=1e-5, rtol=0)  # right padding
+    left_ids, left_mask = torch.tensor([[0, 0] + short, long]), torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    torch.testing.assert_close(rm(left_ids, attention_mask=left_mask), alone, atol=1e-5, rtol=0)  # left padding
     assert rm.values(ids, attention_mask=mask).shape == (2, 5)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from training.core.model import Transformer
 
-__all__ = ["ScalarHead", "RewardModel", "last_token_index", "gather_last", "reward_model_config"]
+__all__ = ["ScalarHead", "RewardModel", "last_token_index", "gather_last", "is_right_padded", "reward_model_config"]
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
@@ -36,6 +36,16 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     T = attention_mask.shape[1]
     positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)  # (B, T)
     return torch.where(attention_mask.bool(), positions, torch.zeros_like(positions)).max(dim=1).values  # (B,)
+
+
+def is_right_padded(attention_mask: Tensor) -> bool:
+    """True when every row's real tokens come first and the padding (0) only after them.
+
+    >>> is_right_padded(torch.tensor([[1, 1, 0], [1, 1, 1]])), is_right_padded(torch.tensor([[0, 1, 1]]))
+    (True, False)
+    """
+    m = attention_mask.bool()
+    return bool((m[:, 1:] <= m[:, :-1]).all())
 
 
 def gather_last(x: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -87,7 +97,14 @@ class RewardModel(nn.Module):
         return self.backbone.layers
 
     def hidden(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Final-normed hidden states (B, T, C)."""
+        """Final-normed hidden states (B, T, C).
+
+        A right-padded batch runs as a plain causal batch (the fast attention kernels): real
+        tokens never attend to the padding after them, so their states are the same as with
+        the mask; only the padding positions differ, and nothing reads them.
+        """
+        if attention_mask is not None and is_right_padded(attention_mask):
+            attention_mask = None
         return self.backbone(tokens, attention_mask=attention_mask, return_hidden=True)
 
     def values(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
