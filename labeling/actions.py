@@ -406,20 +406,52 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
     raise NoItem("busy", "Items are being handed out to others right now; try again.")
 
 
+def _own_active_lock(assignment: Assignment, user: Any, doing: str) -> Assignment:
+    """The assignment row, locked for update; refused unless it is ``user``'s and still active."""
+    a = Assignment.objects.select_for_update().select_related("project").get(pk=assignment.pk)
+    if a.annotator_id != user.pk:
+        raise StudioAPIError("not_your_item", "This item is locked for another annotator.",
+                             "Ask for your next item.", status_code=403)
+    if a.status != ASSIGN_ACTIVE:
+        raise StudioAPIError("not_active", f"This assignment is {a.status}; {doing}.",
+                             "Ask for your next item.", status_code=409)
+    return a
+
+
 def skip_assignment(assignment: Assignment, user: Any) -> Assignment:
     """Give an item back; the slot is freed and the item is not offered to this user again."""
     with write_transaction():
-        a = Assignment.objects.select_for_update().get(pk=assignment.pk)
-        if a.annotator_id != user.pk:
-            raise StudioAPIError("not_your_item", "This item is locked for another annotator.",
-                                 "Ask for your next item.", status_code=403)
-        if a.status != ASSIGN_ACTIVE:
-            raise StudioAPIError("not_active", f"This assignment is {a.status}; it cannot be skipped.",
-                                 "Ask for your next item.", status_code=409)
+        a = _own_active_lock(assignment, user, "it cannot be skipped")
         a.status, a.slot, a.finished_at = ASSIGN_SKIPPED, None, timezone.now()
         a.save(update_fields=["status", "slot", "finished_at"])
         publish("labeling.skipped", {"project": a.project_id, "item": a.item_id},
                 group=f"labeling.project.{a.project_id}")
+    return a
+
+
+LOCK_MAX_HOLD_FACTOR = 6  # a lock can be extended until this many lock times after it was handed out
+
+
+def extend_lock(assignment: Assignment, user: Any) -> Assignment:
+    """Push an active lock's expiry to now + the project's lock time (the page's heartbeat while
+    the annotator works). Refused with a reason: someone else's item (403), a lock that is no longer
+    active or has already expired, or one held for longer than ``LOCK_MAX_HOLD_FACTOR`` lock times (409).
+    """
+    with write_transaction():
+        a = _own_active_lock(assignment, user, "its lock cannot be extended")
+        now = timezone.now()
+        ttl = a.project.lock_ttl_seconds
+        if a.expires_at <= now:
+            raise StudioAPIError("lock_expired", f"Your lock on this item expired at {a.expires_at:%H:%M:%S} UTC "
+                                 "and the item may have gone to someone else.", "Ask for your next item.",
+                                 status_code=409)
+        limit = a.created_at + timedelta(seconds=LOCK_MAX_HOLD_FACTOR * ttl)
+        if now >= limit:
+            raise StudioAPIError("lock_limit", f"This item has been locked for you since {a.created_at:%H:%M:%S} UTC; "
+                                 f"a lock can be held for at most {LOCK_MAX_HOLD_FACTOR * ttl} s.",
+                                 "Submit or skip it; other annotators are waiting for items.", status_code=409)
+        a.expires_at = min(now + timedelta(seconds=ttl), limit)
+        a.save(update_fields=["expires_at"])
     return a
 
 
@@ -684,6 +716,8 @@ def build_snapshot_payload(project: Project | None) -> dict[str, Any]:
                 "criteria": project.criteria_list(), "likert_max": project.likert_max,
                 "prompt": item.prompt.messages, "category": (item.prompt.metadata or {}).get("category"),
                 "gold": item.is_gold,
+                # agreement an imported record arrived with (its votes are not in this database)
+                **{k: item.prompt.metadata[k] for k in ("agreement", "n_votes") if k in (item.prompt.metadata or {})},
                 "responses": [{"id": r.pk, "text": r.text, "model": r.model_name, "source": r.source_kind}
                               for r in responses],
                 "judgements": [{

@@ -8,7 +8,9 @@ and return plain records (dicts) in the formats trainers know (TRL dataset forma
 - ``sft``: ``{messages}`` from corrected answers (annotators' and moderators')
 - ``battles``: Chatbot-Arena style battle records ``{model_a, model_b, winner, judge, …}``
 
-Every record also carries lineage columns: ``id`` (the prompt's external id, else ``item-<id>``
+Preference records also carry the item's agreement: ``n_votes`` (the judgements behind the
+item) and ``agreement`` (the share of them that agree with this record's order of chosen over
+rejected, 0–1), so that trainers can weight or filter pairs. Every record also carries lineage columns: ``id`` (the prompt's external id, else ``item-<id>``
 or ``report-<id>``) and, where they apply, ``chosen_model`` / ``rejected_model`` / ``model`` and
 ``category`` (report category). This module imports no Django; training code may import it.
 Records are written as JSONL or Parquet (pyarrow, imported lazily).
@@ -84,32 +86,64 @@ def _mean_rating(item: Record, response_id: int) -> float | None:
 
 def _pairs_from_item(item: Record, aggregate: str) -> Iterable[tuple[Record, Record, int | None]]:
     """(chosen response, rejected response, margin) pairs an item yields."""
+    for chosen, rejected, margin, _votes in _pairs_with_votes(item, aggregate):
+        yield chosen, rejected, margin
+
+
+def _share(agree: int, votes: int) -> float:
+    return round(agree / votes, 4) if votes else 0.0
+
+
+def _pairs_with_votes(item: Record, aggregate: str) -> Iterable[tuple[Record, Record, int | None, tuple[float, int]]]:
+    """Like :func:`_pairs_from_item`, each pair with ``(agreement, n_votes)``: how many of the
+    item's judgements there are, and which share of them orders this pair the same way."""
     responses = item["responses"]
     by_id = {r["id"]: r for r in responses}
     task = item.get("task_type", "pairwise")
     if task == "pairwise" and len(responses) == 2:
+        choices = [j["choice"] for j in item["judgements"] if j.get("choice")]
         for winner, margin in _pairwise_outcome(item, aggregate):
+            votes = (_share(choices.count(winner), len(choices)), len(choices))
             if winner == "a":
-                yield responses[0], responses[1], margin
+                yield responses[0], responses[1], margin, votes
             elif winner == "b":
-                yield responses[1], responses[0], margin
+                yield responses[1], responses[0], margin, votes
     elif task == "ranking":
+        rankings = [j["ranking"] for j in item["judgements"] if j.get("ranking")]
         for ranking in _consensus_ranking(item, aggregate):
             for better, worse in combinations([rid for rid in ranking if rid in by_id], 2):
-                yield by_id[better], by_id[worse], None
+                agree = sum(1 for r in rankings if better in r and worse in r and r.index(better) < r.index(worse))
+                yield by_id[better], by_id[worse], None, (_share(agree, len(rankings)), len(rankings))
     elif task == "rating":
         means = {r["id"]: _mean_rating(item, r["id"]) for r in responses}
+        raters = [j["ratings"] for j in item["judgements"] if j.get("ratings")]
+
+        def rater_prefers(x: Record, y: Record) -> int:
+            def mean(ratings: Record, rid: int) -> float | None:
+                values = [v for v in (ratings.get(str(rid)) or {}).values() if isinstance(v, (int, float))]
+                return sum(values) / len(values) if values else None
+            return sum(1 for r in raters if (mean(r, x["id"]) or 0) > (mean(r, y["id"]) or 0))
+
         scored = [r for r in responses if means[r["id"]] is not None]
         for x, y in combinations(scored, 2):
+            if means[x["id"]] < means[y["id"]]:
+                x, y = y, x
             if means[x["id"]] > means[y["id"]]:
-                yield x, y, None
-            elif means[y["id"]] > means[x["id"]]:
-                yield y, x, None
+                yield x, y, None, (_share(rater_prefers(x, y), len(raters)), len(raters))
     elif task == "correction" and responses:
         original = responses[0]
+        texts = [j["corrected_text"] for j in item["judgements"] if j.get("corrected_text")]
         for text in _corrections(item, aggregate):
             if text != original["text"]:
-                yield {"text": text, "model": "human", "source": "human"}, original, None
+                yield ({"text": text, "model": "human", "source": "human"}, original, None,
+                       (_share(texts.count(text), len(texts)), len(texts)))
+
+
+def _votes(item: Record, computed: tuple[float, int]) -> tuple[float, int]:
+    """The agreement an imported item arrived with (kept for a lossless round trip), else ``computed``."""
+    if "agreement" in item and "n_votes" in item and all(j.get("imported") for j in item["judgements"]):
+        return float(item["agreement"]), int(item["n_votes"])
+    return computed
 
 
 def _corrections(item: Record, aggregate: str) -> list[str]:
@@ -123,17 +157,20 @@ def preference_records(payload: Record, *, conversational: bool = False, aggrega
                        margin: bool = False) -> list[Record]:
     """TRL preference records. ``aggregate``: ``majority`` (one pair per item outcome; items without
     a majority are left out) or ``all`` (one pair per judgement). ``margin``: add the mean |strength|
-    of the winning votes as ``margin`` (0 where no strength was given) — RewardTrainer subtracts it."""
+    of the winning votes as ``margin`` (0 where no strength was given) — RewardTrainer subtracts it.
+    ``agreement`` / ``n_votes``: the share of the item's judgements that order the pair this way."""
     out: list[Record] = []
     for item in payload.get("items", []):
-        for chosen, rejected, m in _pairs_from_item(item, aggregate):
+        for chosen, rejected, m, votes in _pairs_with_votes(item, aggregate):
             rec = {"prompt": _prompt(item["prompt"], conversational),
                    "chosen": _answer(chosen["text"], conversational),
                    "rejected": _answer(rejected["text"], conversational)}
             if margin:
                 rec["margin"] = float(m or 0)
+            agreement, n_votes = _votes(item, votes)
             rec.update(id=_item_id(item), chosen_model=chosen.get("model") or "",
-                       rejected_model=rejected.get("model") or "", category=item.get("category"))
+                       rejected_model=rejected.get("model") or "", category=item.get("category"),
+                       agreement=agreement, n_votes=n_votes)
             out.append(rec)
     for rep in payload.get("reports", []):
         if not rep.get("corrected"):
@@ -144,7 +181,7 @@ def preference_records(payload: Record, *, conversational: bool = False, aggrega
         if margin:
             rec["margin"] = 0.0
         rec.update(id=f"report-{rep['id']}", chosen_model="human", rejected_model=rep.get("model") or "",
-                   category=rep["category"])
+                   category=rep["category"], agreement=1.0, n_votes=1)  # one moderator's decision
         out.append(rec)
     return out
 

@@ -6,7 +6,8 @@ One line is one JSON object in one of these shapes (detected by its keys):
   ``"responses": ["text", …]`` or ``[{"text", "model", "source"}, …]``, ``"id"``, ``"metadata"``,
   ``"gold": {"choice": "a"|"b"|"tie"|"both_bad"}`` (choice refers to the responses as listed).
 - **preference** (TRL, standard or conversational, explicit or implicit prompt):
-  ``{"prompt", "chosen", "rejected"[, "margin", "id", "chosen_model", "rejected_model", "category"]}``
+  ``{"prompt", "chosen", "rejected"[, "margin", "id", "chosen_model", "rejected_model", "category",
+  "agreement", "n_votes"]}`` (agreement and vote count are kept with the item for later exports)
 - **KTO**: ``{"prompt", "completion", "label"[, "id", "model", "category"]}``
 - **SFT**: ``{"messages": [..., {"role": "assistant", …}]}`` with ``"kind": "sft"`` or an ``"id"``
   starting with the export's lineage — a conversation ending in an assistant turn.
@@ -116,6 +117,18 @@ def _response_list(value: Any) -> list[dict[str, str]]:
     return out
 
 
+def _agreement(obj: dict[str, Any]) -> dict[str, Any]:
+    """``agreement`` (0–1) and ``n_votes`` (≥ 1) of an exported preference record, kept as given."""
+    if obj.get("agreement") is None and obj.get("n_votes") is None:
+        return {}
+    agreement, votes = obj.get("agreement"), obj.get("n_votes")
+    if not isinstance(agreement, (int, float)) or isinstance(agreement, bool) or not 0 <= agreement <= 1:
+        raise LineError("'agreement' must be a number from 0 to 1 (with 'n_votes')")
+    if not isinstance(votes, int) or isinstance(votes, bool) or votes < 1:
+        raise LineError("'n_votes' must be a whole number of at least 1 (with 'agreement')")
+    return {"agreement": float(agreement), "n_votes": votes}
+
+
 def _implicit_prompt(chosen: list, rejected: list) -> list[dict[str, str]]:
     prefix = []
     for a, b in zip(chosen[:-1], rejected[:-1]):
@@ -151,7 +164,8 @@ def parse_line(obj: Any, line: int) -> ItemSpec:
             {"text": _answer_text(obj["rejected"], "rejected"), "model": str(obj.get("rejected_model") or "")[:200],
              "source": "model" if obj.get("rejected_model") else "file"},
         ]
-        return ItemSpec(line, "preference", messages, ext, _meta(obj, ("category",)), responses, judgement)
+        return ItemSpec(line, "preference", messages, ext, {**_meta(obj, ("category",)), **_agreement(obj)},
+                        responses, judgement)
     if "completion" in obj and "label" in obj:
         if not isinstance(obj["label"], bool):
             raise LineError("'label' must be true or false")

@@ -217,6 +217,22 @@ class SkipView(APIView):
         return APIResponse({"assignment": a.pk, "status": a.status})
 
 
+class ExtendLockView(APIView):
+    """Extend your lock on an item to now + the project's lock time (the annotator page calls this
+    while you work). Refused for someone else's item, an expired or finished lock, or a lock held
+    for longer than six lock times."""
+
+    required_role = ANNOTATOR
+
+    @extend_schema(request=None, responses={200: inline_serializer("ExtendedLock", {
+        "assignment": serializers.IntegerField(), "expires_at": serializers.DateTimeField(),
+        "lock_ttl_seconds": serializers.IntegerField()})})
+    def post(self, request, pk: int):  # noqa: ANN001, ANN201
+        a = actions.extend_lock(get_object_or_404(Assignment, pk=pk), request.user)
+        return APIResponse({"assignment": a.pk, "expires_at": a.expires_at.isoformat(),
+                            "lock_ttl_seconds": a.project.lock_ttl_seconds})
+
+
 class JudgementListView(generics.ListCreateAPIView):
     """Your judgements (``?project=<id>``). POST records one for an item locked for you; the same
     ``client_token`` again returns the stored judgement with 200 instead of 201."""

@@ -266,7 +266,7 @@ def test_report_lifecycle(client_for, plain_user, moderator, annotator, builder,
     recs = client_for(builder).get(f"/api/labeling/snapshots/{snap['id']}/export/?kind=preference&file=json").json()
     assert recs["records"] == [{"prompt": "Who makes a good nurse?", "chosen": "Anyone with the training and care.",
                                 "rejected": "Only women.", "id": f"report-{rid}", "chosen_model": "human",
-                                "rejected_model": "tiny-v1", "category": "bias"}]
+                                "rejected_model": "tiny-v1", "category": "bias", "agreement": 1.0, "n_votes": 1}]
     kto = client_for(builder).get(f"/api/labeling/snapshots/{snap['id']}/export/?kind=kto&file=json").json()
     assert [(r["completion"], r["label"]) for r in kto["records"]] == [("Only women.", False),
                                                                        ("Anyone with the training and care.", True)]
@@ -407,3 +407,35 @@ def test_submit_and_next_in_one_request(client_for, annotator, make_project):  #
     # a retry with the same token returns the stored judgement and the current lock state
     again = judge(c, a["assignment"], choice="a", next=True, client_token="t-1")
     assert again.status_code == 200 and again.json()["next"]["assignment"] is None
+
+
+def test_lock_extension(client_for, make_user, make_project):  # noqa: ANN001
+    project = make_project(3, lock_ttl_seconds=60)
+    u1, u2 = make_user("ext1", "annotator"), make_user("ext2", "annotator")
+    a = next_for(client_for(u1), project)
+    row = Assignment.objects.get(pk=a["assignment"])
+    row.expires_at = timezone.now() + timedelta(seconds=5)  # almost run out
+    row.save(update_fields=["expires_at"])
+    url = f"/api/labeling/assignments/{a['assignment']}/extend/"
+    resp = client_for(u1).post(url)
+    assert resp.status_code == 200, resp.content
+    extended = Assignment.objects.get(pk=a["assignment"]).expires_at
+    assert timedelta(seconds=55) <= extended - timezone.now() <= timedelta(seconds=60)
+    assert resp.json()["lock_ttl_seconds"] == 60
+    # someone else's lock
+    resp = client_for(u2).post(url)
+    assert resp.status_code == 403 and resp.json()["code"] == "not_your_item"
+    # a lock held for six lock times cannot be extended any more
+    Assignment.objects.filter(pk=a["assignment"]).update(created_at=timezone.now() - timedelta(seconds=6 * 60))
+    resp = client_for(u1).post(url)
+    assert resp.status_code == 409 and resp.json()["code"] == "lock_limit"
+    # an expired lock is not revived
+    Assignment.objects.filter(pk=a["assignment"]).update(created_at=timezone.now(),
+                                                         expires_at=timezone.now() - timedelta(seconds=1))
+    resp = client_for(u1).post(url)
+    assert resp.status_code == 409 and resp.json()["code"] == "lock_expired"
+    # nor a finished one
+    b = next_for(client_for(u2), project)
+    assert judge(client_for(u2), b["assignment"], choice="a").status_code == 201
+    resp = client_for(u2).post(f"/api/labeling/assignments/{b['assignment']}/extend/")
+    assert resp.status_code == 409 and resp.json()["code"] == "not_active"

@@ -60,7 +60,8 @@ def test_preference_standard_majority_with_margin():
     for r in rows:
         by_id.setdefault(r["id"], []).append(r)
     assert by_id["item-1"] == [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": 2.0, "id": "item-1",
-                                "chosen_model": "big", "rejected_model": "small", "category": None}]
+                                "chosen_model": "big", "rejected_model": "small", "category": None,
+                                "agreement": 0.6667, "n_votes": 3}]
     assert by_id["q-2"][0]["prompt"] == "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello\n\nUser: Bye?"
     assert by_id["q-2"][0]["chosen"] == "Goodbye, take care." and by_id["q-2"][0]["margin"] == 0.0
     assert "item-3" not in by_id and "item-4" not in by_id  # no majority; both bad
@@ -161,4 +162,35 @@ def test_snapshot_records_gives_lineage(builder):  # noqa: ANN001
     label, sha, rows = export.snapshot_records(snap.pk, "preference")
     assert label == "lineage@v1" and sha == snap.content_sha256 and len(sha) == 64
     assert rows == [{"prompt": "p", "chosen": "c", "rejected": "r", "id": f"item-{snap.payload['items'][0]['id']}",
-                     "chosen_model": "", "rejected_model": "", "category": None}]
+                     "chosen_model": "", "rejected_model": "", "category": None, "agreement": 1.0, "n_votes": 1}]
+
+
+def test_preference_records_carry_agreement():
+    rows = export.preference_records(PAYLOAD)
+    votes = {(r["id"], r["chosen"], r["rejected"]): (r["agreement"], r["n_votes"]) for r in rows}
+    assert votes[("item-1", "4", "5")] == (0.6667, 3)  # a, a, b
+    assert votes[("q-2", "Goodbye, take care.", "Bye!")] == (1.0, 1)
+    # ranking (Borda 52 > 50 > 51): each pair's share of the three rankings that order it so
+    assert votes[("item-5", "r2", "r0")] == (0.6667, 3)
+    assert votes[("item-5", "r2", "r1")] == (1.0, 3)
+    assert votes[("item-5", "r0", "r1")] == (0.6667, 3)
+    assert votes[("item-6", "Canberra", "Sydney")] == (1.0, 1)
+    assert votes[("report-7", "Anyone trained.", "Only women.")] == (1.0, 1)
+    # one record per vote: each carries the share of votes that chose as it did
+    every = export.preference_records(PAYLOAD, aggregate="all")
+    assert sorted((r["agreement"], r["n_votes"]) for r in every if r["id"] == "item-3") == [(0.5, 2), (0.5, 2)]
+    rating = {"id": 9, "external_id": "", "task_type": "rating", "prompt": [{"role": "user", "content": "Rate"}],
+              "responses": [{"id": 90, "text": "good"}, {"id": 91, "text": "poor"}],
+              "judgements": [{"ratings": {"90": {"helpful": 5}, "91": {"helpful": 2}}},
+                             {"ratings": {"90": {"helpful": 4}, "91": {"helpful": 1}}},
+                             {"ratings": {"90": {"helpful": 2}, "91": {"helpful": 3}}}]}
+    [r] = export.preference_records({"items": [rating]})
+    assert (r["chosen"], r["agreement"], r["n_votes"]) == ("good", 0.6667, 3)
+
+
+def test_import_checks_agreement():
+    good = {"prompt": "p", "chosen": "c", "rejected": "r", "agreement": 0.75, "n_votes": 4}
+    specs, errors = parse_jsonl("\n".join(json.dumps(x) for x in [
+        good, {**good, "agreement": 1.5}, {**good, "n_votes": 0}, {**good, "n_votes": None}]))
+    assert specs[0].metadata == {"agreement": 0.75, "n_votes": 4}
+    assert [e.line for e in errors] == [2, 3, 4] and "agreement" in errors[0].message

@@ -41,7 +41,25 @@
     const submitBtn = document.getElementById("submit");
     let current = null;
     let ranking = [];
-    let visibleMs = 0, visibleSince = null, busy = false, timer = null;
+    let visibleMs = 0, visibleSince = null, busy = false, timer = null, lockEnd = 0;
+    let lastActivity = 0, lastHeartbeat = 0, heartbeat = null;
+    for (const kind of ["keydown", "pointerdown", "input", "wheel"]) document.addEventListener(kind, () => { lastActivity = Date.now(); }, { passive: true });
+
+    // While the annotator works on an item (activity since the last beat, page visible), extend the
+    // lock every third of the lock time, so that a long answer does not lose its item.
+    function startHeartbeat(a) {
+      clearInterval(heartbeat);
+      lastHeartbeat = Date.now();
+      const every = Math.max(5, Math.min(60, a.lock_ttl_seconds / 3)) * 1000;
+      heartbeat = setInterval(async () => {
+        if (!current || current.assignment !== a.assignment || document.hidden || lastActivity <= lastHeartbeat) return;
+        lastHeartbeat = Date.now();
+        try {
+          const r = await api("POST", `/api/labeling/assignments/${a.assignment}/extend/`);
+          if (current && current.assignment === a.assignment) { lockEnd = new Date(r.expires_at).getTime(); task.dataset.lockExtended = r.expires_at; }
+        } catch (err) { clearInterval(heartbeat); }
+      }, every);
+    }
 
     function startClock() { visibleMs = 0; visibleSince = document.hidden ? null : performance.now(); }
     function elapsed() { return Math.round(visibleMs + (visibleSince === null ? 0 : performance.now() - visibleSince)); }
@@ -104,7 +122,8 @@
       task.dataset.assignment = a.assignment;
       startClock();
       clearInterval(timer);
-      const lockEnd = new Date(a.expires_at).getTime();
+      lockEnd = new Date(a.expires_at).getTime();
+      startHeartbeat(a);
       const timerEl = document.getElementById("lock-timer");
       timer = setInterval(() => {
         const left = Math.max(0, Math.round((lockEnd - Date.now()) / 1000));
