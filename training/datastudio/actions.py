@@ -106,8 +106,8 @@ def _duplicate_of(content_hash: str) -> DataSource | None:
 
 
 def _refuse_duplicate(existing: DataSource) -> StudioAPIError:
-    return _error(SOURCE_DUPLICATE, f"The same content was already imported as source {existing.pk} "
-                                    f"({existing.name}).", 409, {"source": [f"duplicate of source {existing.pk}"]},
+    what = f"already imported as source {existing.pk} ({existing.name})"
+    return _error(SOURCE_DUPLICATE, f"The same content was {what}.", 409, {"source": [what]},
                   hint=f"Use source {existing.pk} in a curation run; nothing was imported.")
 
 
