@@ -4,7 +4,9 @@
   ``.gguf`` file or ``"smollm2"``) as a plain :class:`~training.core.model.Transformer` on the CPU,
   with its tokenizer (``tokenizer_dir``, else the one next to the model), and refuses a
   tokenizer that does not match the model before any compute is spent;
-- :func:`resolve_resume` picks the checkpoint to resume from (a path, a run folder or ``auto``);
+- :func:`prepare_model` puts LoRA adapters on, shards (FSDP2) and builds optimizer and schedule;
+  :func:`resume_if_asked` loads the checkpoint ``resume_from`` names (a path, a run folder or
+  ``auto``); :func:`optimizer_step` clips, steps and clears the gradients;
 - :func:`checkpoint_config` is what every post-training checkpoint records: the run's config
   plus the model shape (``model``) and the ``kind`` of loop, so that policy checkpoints load with
   the same code as pretraining checkpoints;
@@ -19,19 +21,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 from torch import nn
 
-from training.core.checkpoint import CheckpointError, find_checkpoint, latest_checkpoint
+from training.core.checkpoint import CheckpointError, find_checkpoint
 from training.core.config import ConfigError, PostTrainingConfig
-from training.core.distributed import DistContext, barrier
+from training.core.distributed import DistContext, barrier, broadcast_object, parallelize
 from training.core.tokenizer import StudioTokenizer
 
 __all__ = ["load_start", "resolve_resume", "checkpoint_config", "write_plain_weights", "prepare_out_dir",
-           "check_tokenizer_fits", "same_tokenizer"]
+           "check_tokenizer_fits", "same_tokenizer", "check_seq_len", "prepare_model", "amp_name", "resume_if_asked",
+           "optimizer_step"]
 
 
 def same_tokenizer(a: StudioTokenizer, b: StudioTokenizer) -> bool:
@@ -110,12 +114,9 @@ def load_start(cfg: PostTrainingConfig) -> tuple[nn.Module, StudioTokenizer, dic
 
 def resolve_resume(cfg: PostTrainingConfig) -> str | None:
     """Which checkpoint to resume from: explicit path, ``auto`` (the run's latest, if any) or none."""
-    if not cfg.resume_from:
-        return None
-    if cfg.resume_from == "auto":
-        found = latest_checkpoint(cfg.out_dir) if Path(cfg.out_dir).exists() else None
-        return None if found is None else str(found)
-    return str(find_checkpoint(cfg.resume_from))
+    from training.core.loops.pretrain import _resolve_resume
+
+    return _resolve_resume(cfg)  # type: ignore[arg-type]  # reads resume_from and out_dir only
 
 
 def checkpoint_config(cfg: PostTrainingConfig, kind: str, model_cfg: Any, out_dir: Path,
@@ -172,3 +173,75 @@ def write_plain_weights(model: nn.Module, ckpt: str | Path, ctx: DistContext) ->
         os.replace(tmp, target)
     barrier(ctx)
 
+
+
+def check_seq_len(cfg: PostTrainingConfig, model_cfg: Any) -> None:
+    """Refuse a ``max_seq_len`` beyond the model's positions."""
+    if cfg.max_seq_len > model_cfg.max_seq_len:
+        raise ConfigError("max_seq_len", f"{cfg.max_seq_len} is longer than the model's max_seq_len="
+                                         f"{model_cfg.max_seq_len}", f"set max_seq_len <= {model_cfg.max_seq_len}")
+
+
+def prepare_model(model: nn.Module, cfg: Any, ctx: DistContext, *, trainable: Sequence[nn.Module] = ()
+                  ) -> tuple[torch.optim.Optimizer, Any, Callable[[], ContextManager[Any]]]:
+    """Adapters (``cfg.lora``), device, FSDP2 / activation checkpointing, then optimizer, schedule
+    and the autocast factory. ``trainable``: modules that stay trainable under LoRA (a head)."""
+    from training.core.lora import apply_lora
+    from training.core.loops.pretrain import autocast_dtype
+    from training.core.optim import build_optimizer, build_scheduler
+
+    if cfg.lora.enabled:
+        apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.seed, trainable=trainable)
+    model.to(ctx.device)
+    parallelize(model, ctx, activation_checkpointing=cfg.activation_checkpointing,
+                mixed_precision=cfg.fsdp_mixed_precision)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+    amp_dtype = autocast_dtype(cfg, ctx.device)
+
+    def amp() -> ContextManager[Any]:
+        return torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    amp.dtype = amp_dtype or torch.float32  # type: ignore[attr-defined]
+    return optimizer, scheduler, amp
+
+
+def amp_name(amp: Callable[[], ContextManager[Any]]) -> str:
+    """``"bfloat16"`` or ``"float32"``: the compute dtype of an autocast factory from :func:`prepare_model`."""
+    return str(getattr(amp, "dtype", torch.float32)).replace("torch.", "")
+
+
+def resume_if_asked(cfg: Any, kind: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    sampler: Any, ctx: DistContext) -> dict[str, Any] | None:
+    """Load the checkpoint ``cfg.resume_from`` names (model, optimizer, schedule, sampler, RNG) and
+    return its state (``step``, ``path``, ``trainer_state``), or None when starting fresh.
+
+    Refuses a checkpoint of another kind of run or with other LoRA settings."""
+    from training.core.checkpoint import load_checkpoint, read_checkpoint_config
+    from training.core.config import LoRAConfig
+
+    resume = broadcast_object(resolve_resume(cfg) if ctx.is_main else None, ctx)
+    if resume is None:
+        return None
+    saved = read_checkpoint_config(resume)
+    if saved.get("kind") != kind or LoRAConfig.from_dict(saved.get("lora")) != cfg.lora:
+        raise ConfigError("resume_from", f"{resume} is not a checkpoint of a {kind} run with these LoRA settings",
+                          "resume from this run's own folder, or start a new run with init_from")
+    state = load_checkpoint(resume, model, optimizer, ctx=ctx)
+    scheduler.load_state_dict(state["trainer_state"]["scheduler"])
+    sampler.load_state_dict(state["rank_state"]["sampler"])
+    return state
+
+
+def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any,
+                   grad_clip: float) -> tuple[float, float]:
+    """Clip the global gradient norm (0: no clipping), step optimizer and schedule, clear the
+    gradients; return ``(grad_norm, lr)`` of the step."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"), foreach=True)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()  # DTensor under FSDP2
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), float(lr)

@@ -37,26 +37,23 @@ from training.core.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from training.core.config import ConfigError, LoRAConfig, RewardConfig
+from training.core.config import ConfigError, RewardConfig
 from training.core.data.preference import PreferencePair, collate_pairs, tokenize_pairs
 from training.core.data.records import IndexSampler, read_records, split_records
-from training.core.distributed import (
-    DistContext,
-    all_reduce_max,
-    broadcast_object,
-    destroy_distributed,
-    init_distributed,
-    parallelize,
-)
+from training.core.distributed import DistContext, all_reduce_max, destroy_distributed, init_distributed
 from training.core.heads import RewardModel
 from training.core.loops.common import (
+    amp_name,
+    check_seq_len,
     checkpoint_config,
     load_start,
+    optimizer_step,
+    prepare_model,
     prepare_out_dir,
-    resolve_resume,
+    resume_if_asked,
     write_plain_weights,
 )
-from training.core.loops.pretrain import StopSignal, autocast_dtype
+from training.core.loops.pretrain import StopSignal
 from training.core.losses import bradley_terry_loss
 from training.core.tokenizer import StudioTokenizer
 
@@ -229,8 +226,7 @@ def train(cfg: RewardConfig, callbacks: Callbacks | None = None) -> dict[str, An
 
 
 def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, Any]:
-    from training.core.lora import apply_lora, has_lora
-    from training.core.optim import build_optimizer, build_scheduler
+    from training.core.lora import has_lora
 
     cb = callbacks if ctx.is_main else Callbacks()
     out_dir = Path(cfg.out_dir)
@@ -238,42 +234,23 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
 
     # ---- model, tokenizer, data (every refusal happens here, before any compute) ------------
     backbone, tokenizer, start_info = load_start(cfg)
-    if cfg.max_seq_len > backbone.cfg.max_seq_len:
-        raise ConfigError("max_seq_len", f"{cfg.max_seq_len} is longer than the model's max_seq_len="
-                                         f"{backbone.cfg.max_seq_len}", f"set max_seq_len <= {backbone.cfg.max_seq_len}")
+    check_seq_len(cfg, backbone.cfg)
     pairs, eval_pairs, data_info = build_pairs(cfg, tokenizer, ctx.world_size)
     sampler = IndexSampler(len(pairs), cfg.micro_batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
     model = RewardModel(backbone, seed=cfg.seed)
-    if cfg.lora.enabled:
-        apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.seed, trainable=[model.score])
-    model.to(ctx.device)
-    parallelize(model, ctx, activation_checkpointing=cfg.activation_checkpointing,
-                mixed_precision=cfg.fsdp_mixed_precision)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    amp_dtype = autocast_dtype(cfg, ctx.device)  # type: ignore[arg-type]
-
-    def amp() -> ContextManager[Any]:
-        return torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    optimizer, scheduler, amp = prepare_model(model, cfg, ctx, trainable=[model.score])  # LoRA, FSDP2, AdamW
 
     # ---- resume or start ----------------------------------------------------------------
     start_step, pairs_seen, last_ckpt = 0, 0, ""
-    resume = broadcast_object(resolve_resume(cfg) if ctx.is_main else None, ctx)
-    if resume is not None:
-        saved = read_checkpoint_config(resume)
-        if saved.get("kind") != "reward" or LoRAConfig.from_dict(saved.get("lora")) != cfg.lora:
-            raise ConfigError("resume_from", f"{resume} is not a checkpoint of a reward run with these LoRA settings",
-                              "resume from this run's own folder, or start a new run with init_from")
-        state = load_checkpoint(resume, model, optimizer, ctx=ctx)
+    state = resume_if_asked(cfg, "reward", model, optimizer, scheduler, sampler, ctx)
+    if state is not None:
         start_step, last_ckpt = state["step"], state["path"]
-        scheduler.load_state_dict(state["trainer_state"]["scheduler"])
         pairs_seen = int(state["trainer_state"].get("pairs_seen", 0))
-        sampler.load_state_dict(state["rank_state"]["sampler"])
         cb.on_log(f"resumed from {state['path']} at step {start_step}")
     prepare_out_dir(cfg, tokenizer, out_dir, ctx)
 
     cb.on_start({"config": cfg.to_dict(), "kind": "reward", "world_size": ctx.world_size, "device": str(ctx.device),
-                 "dtype": str(amp_dtype or torch.float32).replace("torch.", ""),
+                 "dtype": amp_name(amp),
                  "n_params": int(sum(p.numel() for p in model.parameters())),
                  "n_trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
                  "start_step": start_step, "total_steps": cfg.steps, "out_dir": str(out_dir),
@@ -312,14 +289,7 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
 
             metrics = reward_step(model, micro, cfg, ctx, amp)
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), foreach=True)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.optim.grad_clip)
             step += 1
             steps_done += 1
             n_pairs = cfg.micro_batch_size * cfg.grad_accum_steps * ctx.world_size
@@ -331,7 +301,7 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - t_start
                 cb.on_step(step, {
-                    **metrics, "lr": float(lr), "grad_norm": float(grad_norm), "pairs/s": n_pairs / dt,
+                    **metrics, "lr": lr, "grad_norm": grad_norm, "pairs/s": n_pairs / dt,
                     "current_steps": step, "total_steps": cfg.steps, "pairs_seen": pairs_seen,
                     "elapsed_time": elapsed, "remaining_time": elapsed / steps_done * (cfg.steps - step),
                 })

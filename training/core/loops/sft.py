@@ -31,26 +31,23 @@ import torch
 import torch.nn as nn
 
 from training.core.callbacks import Callbacks
-from training.core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from training.core.config import ConfigError, LoRAConfig, SFTConfig
+from training.core.checkpoint import save_checkpoint
+from training.core.config import ConfigError, SFTConfig
 from training.core.data.records import IndexSampler, read_records, split_records
 from training.core.data.sft import SFTExample, collate_rows, pack_rows, tokenize_examples
-from training.core.distributed import (
-    DistContext,
-    all_reduce_max,
-    broadcast_object,
-    destroy_distributed,
-    init_distributed,
-    parallelize,
-)
+from training.core.distributed import DistContext, all_reduce_max, destroy_distributed, init_distributed
 from training.core.loops.common import (
+    amp_name,
+    check_seq_len,
     checkpoint_config,
     load_start,
+    optimizer_step,
+    prepare_model,
     prepare_out_dir,
-    resolve_resume,
+    resume_if_asked,
     write_plain_weights,
 )
-from training.core.loops.pretrain import StopSignal, autocast_dtype, forward_backward
+from training.core.loops.pretrain import StopSignal, forward_backward
 from training.core.tokenizer import StudioTokenizer
 
 __all__ = ["train", "build_rows", "evaluate"]
@@ -128,8 +125,7 @@ def train(cfg: SFTConfig, callbacks: Callbacks | None = None) -> dict[str, Any]:
 
 
 def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, Any]:
-    from training.core.lora import apply_lora, has_lora
-    from training.core.optim import build_optimizer, build_scheduler
+    from training.core.lora import has_lora
 
     cb = callbacks if ctx.is_main else Callbacks()  # only rank 0 reports
     out_dir = Path(cfg.out_dir)
@@ -137,43 +133,24 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
 
     # ---- model, tokenizer, data (every refusal happens here, before any compute) ------------
     model, tokenizer, start_info = load_start(cfg)
-    if cfg.max_seq_len > model.cfg.max_seq_len:
-        raise ConfigError("max_seq_len", f"{cfg.max_seq_len} is longer than the model's max_seq_len="
-                                         f"{model.cfg.max_seq_len}", f"set max_seq_len <= {model.cfg.max_seq_len}")
+    check_seq_len(cfg, model.cfg)
     rows, eval_rows, data_info = build_rows(cfg, tokenizer, ctx.world_size)
     sampler = IndexSampler(len(rows), cfg.micro_batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
-    if cfg.lora.enabled:
-        apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.seed)
-    model.to(ctx.device)
-    parallelize(model, ctx, activation_checkpointing=cfg.activation_checkpointing,
-                mixed_precision=cfg.fsdp_mixed_precision)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    amp_dtype = autocast_dtype(cfg, ctx.device)  # type: ignore[arg-type]
-
-    def amp() -> ContextManager[Any]:
-        return torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    optimizer, scheduler, amp = prepare_model(model, cfg, ctx)  # LoRA, FSDP2, AdamW, schedule
 
     # ---- resume or start ----------------------------------------------------------------
     start_step, tokens_seen, last_ckpt = 0, 0, ""
-    resume = broadcast_object(resolve_resume(cfg) if ctx.is_main else None, ctx)
-    if resume is not None:
-        saved = read_checkpoint_config(resume)
-        if saved.get("kind") != "sft" or LoRAConfig.from_dict(saved.get("lora")) != cfg.lora:
-            raise ConfigError("resume_from", f"{resume} is not a checkpoint of an SFT run with these LoRA settings",
-                              "resume from this run's own folder, or start a new run with init_from")
-        state = load_checkpoint(resume, model, optimizer, ctx=ctx)
+    state = resume_if_asked(cfg, "sft", model, optimizer, scheduler, sampler, ctx)
+    if state is not None:
         start_step, last_ckpt = state["step"], state["path"]
-        scheduler.load_state_dict(state["trainer_state"]["scheduler"])
         tokens_seen = int(state["trainer_state"].get("tokens_seen", 0))
-        sampler.load_state_dict(state["rank_state"]["sampler"])
         cb.on_log(f"resumed from {state['path']} at step {start_step}")
     prepare_out_dir(cfg, tokenizer, out_dir, ctx)
 
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     cb.on_start({"config": cfg.to_dict(), "kind": "sft", "world_size": ctx.world_size, "device": str(ctx.device),
-                 "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "n_params": int(n_params),
+                 "dtype": amp_name(amp), "n_params": int(n_params),
                  "n_trainable_params": int(n_trainable), "start_step": start_step, "total_steps": cfg.steps,
                  "out_dir": str(out_dir), "init_from": start_info["source"], **data_info})
     for problem in data_info["problems"]:
@@ -209,14 +186,7 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
 
             loss_value = forward_backward(model, micro, ctx, amp)  # mean over the scored tokens
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), foreach=True)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()  # DTensor under FSDP2
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.optim.grad_clip)
             step += 1
             steps_done += 1
             tokens_seen += real_tokens * ctx.world_size
@@ -227,7 +197,7 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - t_start
                 cb.on_step(step, {
-                    "loss": loss_value, "lr": float(lr), "grad_norm": float(grad_norm),
+                    "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                     "tokens/s": real_tokens / dt, "scored_tokens": sum(int((y != -100).sum()) for _, y in micro),
                     "current_steps": step, "total_steps": cfg.steps, "tokens_seen": tokens_seen,
                     "elapsed_time": elapsed, "remaining_time": elapsed / steps_done * (cfg.steps - step),
