@@ -235,15 +235,27 @@ def test_run_streams_progress_and_publishes_a_dataset_version(bclient, small_sou
     report = bclient.get(f"{BASE}/runs/{run.pk}/report/").json()
     dedup = next(s for s in report["steps"] if s["name"] == "exact_dedup")
     assert dedup["by_rule"] == {"exact_duplicate": 7} and dedup["examples"]["exact_duplicate"]
+    trail = bclient.get(f"{BASE}/runs/{run.pk}/decisions/", {"rule": "exact_duplicate", "limit": 5}).json()
+    assert len(trail["results"]) == 5 and trail["next_offset"] == 5
+    first = trail["results"][0]
+    assert first["step"] == "exact_dedup" and first["action"] == "drop" and "Document number" in first["text"]
+    rest = bclient.get(f"{BASE}/runs/{run.pk}/decisions/", {"rule": "exact_duplicate", "offset": 5}).json()
+    assert len(rest["results"]) == 2 and rest["next_offset"] is None
+    kept = bclient.get(f"{BASE}/runs/{run.pk}/documents/", {"limit": 50}).json()
+    assert len(kept["results"]) == 33 and kept["results"][0]["domain"] == "books"
+    assert bclient.get(f"{BASE}/runs/{run.pk}/documents/", {"offset": "x"}).status_code == 400
     sheet = bclient.get(f"{BASE}/runs/{run.pk}/datasheet/").json()["markdown"]
     assert sheet.startswith("# Datasheet") and "exact_duplicate" in sheet and "stories" in sheet
     download = bclient.get(f"{BASE}/runs/{run.pk}/datasheet/", {"download": 1})
     assert download["Content-Type"].startswith("text/markdown") and "attachment" in download["Content-Disposition"]
-    # the tokenizer run accepts the version as its dataset
+    # a tokenizer run trains on the version (its shards under data/)
     from training.actions import do_create_run
+    from training.models import Run
 
     tok = do_create_run(None, kind="tokenizer", dataset=ds.pk, config={"vocab_size": 300})
-    assert tok.dataset_id == ds.pk
+    tok = Run.objects.get(pk=tok.pk)
+    assert tok.status == "succeeded", (tok.error, tok.log_path.read_text())
+    assert tok.summary["documents"] == 33
 
 
 @pytest.mark.django_db

@@ -47,6 +47,12 @@ def test_import_curate_watch_progress_and_read_the_datasheet(page, studio_server
     assert page.locator("#audit-table tbody tr").count() == 10
     assert "near_dedup" in page.locator("#audit-table").inner_text()
     assert page.locator("#examples details").count() > 0
+    # every kept document, page by page
+    page.get_by_label("Browse").select_option("kept")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_function("() => Number(document.getElementById('trail').dataset.rows || 0) == 25")
+    page.get_by_role("button", name="More").click()
+    page.wait_for_function("() => Number(document.getElementById('trail').dataset.rows || 0) == 50")
     # the datasheet, rendered and downloadable
     page.get_by_role("link", name="Datasheet").click()
     page.locator("#datasheet h1").filter(has_text="Datasheet").wait_for()

@@ -17,6 +17,8 @@ urlpatterns = [
     path("runs/<int:pk>/cancel/", views.CurationCancelView.as_view(), name="api-ds-run-cancel"),
     path("runs/<int:pk>/resume/", views.CurationResumeView.as_view(), name="api-ds-run-resume"),
     path("runs/<int:pk>/report/", views.CurationReportView.as_view(), name="api-ds-run-report"),
+    path("runs/<int:pk>/decisions/", views.CurationDecisionsView.as_view(), name="api-ds-run-decisions"),
+    path("runs/<int:pk>/documents/", views.CurationDocumentsView.as_view(), name="api-ds-run-documents"),
     path("runs/<int:pk>/datasheet/", views.CurationDatasheetView.as_view(), name="api-ds-run-datasheet"),
     path("runs/<int:pk>/log/", views.CurationLogView.as_view(), name="api-ds-run-log"),
 ]

@@ -334,6 +334,79 @@ class CurationReportView(APIView):
         return Response(_need_report(get_object_or_404(CurationRun, pk=pk)))
 
 
+def _paging(request) -> tuple[int, int]:  # noqa: ANN001
+    params = request.query_params
+    for key in ("offset", "limit"):
+        if params.get(key) and not params[key].isdigit():
+            raise StudioAPIError("invalid", f"'{key}' must be a non-negative integer.", "e.g. ?offset=0&limit=50", 400,
+                                 {key: ["a non-negative integer"]})
+    return int(params.get("offset") or 0), min(max(int(params.get("limit") or 50), 1), 500)
+
+
+def _texts_of(run: CurationRun, ids: set[str], max_chars: int = 600) -> dict[str, str]:
+    """The input text of the documents ``ids`` (one streaming pass over the run's sources)."""
+    found: dict[str, str] = {}
+    for src in run.sources.order_by("id"):
+        if len(found) == len(ids) or not src.documents_file.exists():
+            break
+        with open(src.documents_file, encoding="utf-8") as f:
+            for line in f:
+                doc = json.loads(line)
+                if str(doc.get("id")) in ids:
+                    found[str(doc["id"])] = doc["text"][:max_chars]
+    return found
+
+
+class CurationDecisionsView(APIView):
+    """The audit trail of a succeeded run, page by page: every drop or change with its step, rule,
+    measured value and threshold (``?step=``, ``?rule=``), with the document's input text."""
+
+    required_role = BUILDER
+
+    @extend_schema(parameters=[OpenApiParameter("step", str), OpenApiParameter("rule", str),
+                               OpenApiParameter("offset", int), OpenApiParameter("limit", int)],
+                   responses=inline_serializer("Decisions", {"results": serializers.ListField(),
+                                                             "next_offset": serializers.IntegerField()}))
+    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+        from itertools import islice
+
+        from training.core.curate.runner import iter_decisions
+
+        run = get_object_or_404(CurationRun, pk=pk)
+        _need_report(run)
+        offset, limit = _paging(request)
+        rows = list(islice(iter_decisions(actions.version_dir(run), rule=request.query_params.get("rule") or None,
+                                          step=request.query_params.get("step") or None), offset, offset + limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        texts = _texts_of(run, {str(r["doc_id"]) for r in rows})
+        results = [{**r, "text": texts.get(str(r["doc_id"]))} for r in rows]
+        return Response(_json_safe({"offset": offset, "limit": limit, "results": results,
+                                    "next_offset": offset + limit if more else None}))
+
+
+class CurationDocumentsView(APIView):
+    """The kept documents of a succeeded run's dataset version, page by page."""
+
+    required_role = BUILDER
+
+    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int)],
+                   responses=inline_serializer("VersionDocuments", {"results": serializers.ListField(),
+                                                                    "next_offset": serializers.IntegerField()}))
+    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+        from itertools import islice
+
+        from training.core.curate.runner import iter_version_documents
+
+        run = get_object_or_404(CurationRun, pk=pk)
+        _need_report(run)
+        offset, limit = _paging(request)
+        rows = list(islice(iter_version_documents(actions.version_dir(run)), offset, offset + limit + 1))
+        more = len(rows) > limit
+        return Response(_json_safe({"offset": offset, "limit": limit, "results": rows[:limit],
+                                    "next_offset": offset + limit if more else None}))
+
+
 def datasheet_for(run: CurationRun) -> str:
     """The datasheet (Markdown) of a succeeded run: the one the core generated from the version's
     records when it finished (or generated again from them when it is missing)."""

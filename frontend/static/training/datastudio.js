@@ -166,6 +166,43 @@
     cancel.addEventListener("click", () => act("cancel", cancel));
     resume.addEventListener("click", () => act("resume", resume));
     auditCharts();
+    auditTrail(id);
+  }
+
+  // Page through the audit trail of one rule (with the input text) or the kept documents.
+  function auditTrail(id) {
+    const form = document.getElementById("trail-form");
+    if (!form) return;
+    const table = document.getElementById("trail");
+    const body = table.querySelector("tbody");
+    const more = document.getElementById("trail-more");
+    let next = 0;
+    async function load(reset) {
+      const choice = form.elements.rule.value;
+      if (reset) { body.replaceChildren(); next = 0; }
+      const q = new URLSearchParams({ offset: String(next), limit: "25" });
+      let path = `${BASE}/runs/${id}/documents/`;
+      if (choice !== "kept") {
+        const [step, rule] = choice.split(":");
+        q.set("step", step);
+        q.set("rule", rule);
+        path = `${BASE}/runs/${id}/decisions/`;
+      }
+      const page = await api("GET", `${path}?${q}`);
+      for (const r of page.results) {
+        const text = el("details", {}, el("summary", {}, "text"), el("pre", {}, r.text ?? "(not in the inputs)"));
+        body.append(choice === "kept"
+          ? el("tr", {}, el("td", {}, el("code", {}, r.id)), el("td", {}, r.source ?? ""), el("td", {}, "kept"), el("td", {}, ""), el("td", {}, ""), el("td", {}, text))
+          : el("tr", {}, el("td", {}, el("code", {}, r.doc_id)), el("td", {}, `${r.step} · ${r.rule}`), el("td", {}, r.action),
+            el("td", {}, typeof r.value === "number" ? fmtNumber(r.value, 4) : String(r.value ?? "")), el("td", {}, JSON.stringify(r.threshold)), el("td", {}, text)));
+      }
+      table.hidden = false;
+      next = page.next_offset;
+      more.hidden = next === null;
+      table.dataset.rows = String(body.children.length);
+    }
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); load(true); });
+    more.addEventListener("click", () => load(false));
   }
 
   function auditCharts() {
