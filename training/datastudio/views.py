@@ -116,27 +116,19 @@ def _json_safe(value: Any) -> Any:
 
 
 def _sample_docs(source_ids: list[int], n: int) -> list[dict[str, Any]]:
-    """The first ``n`` documents of the sources, spread evenly over them (read streaming)."""
+    """A uniform random sample of ``n`` documents of the sources (one streaming pass)."""
+    from training.core.curate.runner import sample_documents
+
     sources = list(DataSource.objects.filter(pk__in=source_ids).order_by("id"))
     if len(sources) != len(set(source_ids)):
         raise StudioAPIError(actions.SOURCE_MISSING, "A source does not exist.", actions.HINTS[actions.SOURCE_MISSING],
                              400, {"sources": ["unknown source id"]})
-    per = max(1, n // len(sources))
-    docs: list[dict[str, Any]] = []
-    for src in sources:
-        if not src.documents_file.exists():
-            continue
-        with open(src.documents_file, encoding="utf-8") as f:
-            for k, line in enumerate(f):
-                if k >= per:
-                    break
-                docs.append(json.loads(line))
-    return docs
+    return sample_documents([str(s.documents_file) for s in sources if s.documents_file.exists()], n)
 
 
 class PreviewView(APIView):
-    """Preview one step's threshold on a sample of sources: histogram of the measured value and the
-    documents nearest the cut on each side."""
+    """Preview one step's threshold on a random sample of the sources: histogram of the measured
+    value and the documents nearest the cut on each side."""
 
     required_role = BUILDER
 
