@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -151,12 +152,12 @@ def _trl_dataset(pairs: list) -> object:
                               for p in pairs])
 
 
-def _trl_tokenizer(tok: object) -> dict[str, object]:
+def _trl_tokenizer(tok: Any) -> dict[str, object]:
     """RewardTrainer wants a transformers tokenizer (for padding): ours, wrapped."""
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, eos_token=tok.special_tokens["eos"],  # type: ignore[attr-defined]
-                                   pad_token=tok.special_tokens["pad"])  # type: ignore[attr-defined]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, eos_token=tok.special_tokens["eos"],
+                                   pad_token=tok.special_tokens["pad"])
     return {"processing_class": fast}
 
 

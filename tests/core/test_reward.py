@@ -215,3 +215,26 @@ def test_cli_reward_end_to_end(chat_base: dict[str, Path], pairs_file: Path, tmp
     assert main(["reward", "--config", str(config), "--set", "min_pairs=100000"]) == 2
     err = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]
     assert err["type"] == "ConfigError" and err["field"] == "train_file"
+
+
+@pytest.mark.slow
+def test_two_rank_fsdp_matches_one_process(chat_base: dict[str, Path], pairs_file: Path, tmp_path: Path) -> None:
+    """torchrun, 2 CPU ranks (gloo) with micro-batch 2 = one process with micro-batch 4 (reward model sharded)."""
+    from .test_sft import torchrun
+
+    one = RecordingCallbacks()
+    summary = train(reward_config(chat_base, pairs_file, tmp_path / "one", steps=3, eval_fraction=0.1, eval_every=3,
+                                  center_rewards_coefficient=0.01), one)
+    events = torchrun("reward", reward_config(chat_base, pairs_file, tmp_path / "two", steps=3, micro_batch_size=2,
+                                              eval_fraction=0.1, eval_every=3, center_rewards_coefficient=0.01),
+                      tmp_path)
+    steps = {e["step"]: e["metrics"] for e in events if e["event"] == "step"}
+    for step, metrics in one.steps:
+        for name in ("loss", "accuracy", "margin", "mean_reward", "min_reward", "max_reward"):
+            assert steps[step][name] == pytest.approx(metrics[name], abs=1e-5), (step, name)
+    end = next(e for e in events if e["event"] == "end")["summary"]
+    assert end["eval/accuracy"] == pytest.approx(summary["eval/accuracy"], abs=1e-6)
+    rm1, _ = load_reward_model(tmp_path / "one")
+    rm2, _ = load_reward_model(tmp_path / "two")
+    a, b = rm1.state_dict(), rm2.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

@@ -218,3 +218,35 @@ def test_cli_sft_end_to_end(chat_base: dict[str, Path], sft_file: Path, tmp_path
     assert main(["sft", "--config", str(config), "--set", "train_file=" + str(tmp_path / "missing.jsonl")]) == 2
     err = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]
     assert err["field"] == "train_file" and err["hint"]
+
+
+# ---- FSDP2 ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_rank_fsdp_matches_one_process(chat_base: dict[str, Path], sft_file: Path, tmp_path: Path) -> None:
+    """torchrun, 2 CPU ranks (gloo) with micro-batch 2 = one process with micro-batch 4: same rows per step."""
+    one = RecordingCallbacks()
+    train(sft_config(chat_base, sft_file, tmp_path / "one", steps=3, eval_fraction=0.2, eval_every=3), one)
+    events = torchrun("sft", sft_config(chat_base, sft_file, tmp_path / "two", steps=3, micro_batch_size=2,
+                                        eval_fraction=0.2, eval_every=3), tmp_path)
+    steps = {e["step"]: e["metrics"]["loss"] for e in events if e["event"] == "step"}
+    assert next(e for e in events if e["event"] == "start")["info"]["world_size"] == 2
+    for step, metrics in one.steps:
+        assert steps[step] == pytest.approx(metrics["loss"], abs=1e-5), step
+    assert next(e for e in events if e["event"] == "end")["summary"]["status"] == "completed"
+    a, b = load_model(tmp_path / "one").state_dict(), load_model(tmp_path / "two").state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def torchrun(command: str, cfg: object, tmp: Path) -> list[dict]:
+    """Run ``cli <command>`` under torchrun with 2 CPU ranks; return its JSON-lines events."""
+    import subprocess
+    import sys
+
+    config_file, events = tmp / f"{command}.json", tmp / f"{command}-events.jsonl"
+    config_file.write_text(cfg.to_json())  # type: ignore[attr-defined]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.core.cli", command, "-q", "--config", str(config_file), "--events", str(events)]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [json.loads(line) for line in events.read_text().splitlines()]

@@ -120,7 +120,8 @@ def tokenize_pair(record: Record, tokenizer: StudioTokenizer, *, max_seq_len: in
 
 
 def tokenize_pairs(records: list[Record], tokenizer: StudioTokenizer, *, max_seq_len: int,
-                   max_prompt_len: int | None = None, use_margin: bool = True) -> tuple[list[PreferencePair], list[str]]:
+                   max_prompt_len: int | None = None, use_margin: bool = True
+                   ) -> tuple[list[PreferencePair], list[str]]:
     """Tokenize many records; returns ``(pairs, problems)`` where ``problems`` says why records were skipped."""
     pairs: list[PreferencePair] = []
     problems: list[str] = []

@@ -130,11 +130,13 @@ def checkpoint_config(cfg: PostTrainingConfig, kind: str, model_cfg: Any, out_di
     return data
 
 
-def prepare_out_dir(cfg: PostTrainingConfig, tokenizer: StudioTokenizer, out_dir: Path, ctx: DistContext) -> None:
-    """Rank 0: create ``out_dir``, write ``config.json`` and save the tokenizer to ``out_dir/tokenizer``."""
+def prepare_out_dir(cfg: PostTrainingConfig, tokenizer: StudioTokenizer, out_dir: Path, ctx: DistContext,
+                    run_config: Callable[[], dict[str, Any]]) -> None:
+    """Rank 0: create ``out_dir``, save the tokenizer to ``out_dir/tokenizer`` and write ``config.json``
+    (``run_config()``, e.g. :func:`checkpoint_config`: with the model shape, like a pretraining run's,
+    so that ``checkpoint.load_model(out_dir)`` works on the run folder too)."""
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(cfg.to_json(), encoding="utf-8")
         tok_dir = out_dir / "tokenizer"
         if not (tok_dir / "tokenizer.json").is_file():
             tmp = out_dir / "tokenizer.tmp"
@@ -144,6 +146,9 @@ def prepare_out_dir(cfg: PostTrainingConfig, tokenizer: StudioTokenizer, out_dir
             if tok_dir.exists():
                 shutil.rmtree(tok_dir)
             os.replace(tmp, tok_dir)
+        tmp_cfg = out_dir / "config.json.tmp"
+        tmp_cfg.write_text(json.dumps(run_config(), indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp_cfg, out_dir / "config.json")
     barrier(ctx)
 
 

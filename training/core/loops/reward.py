@@ -99,7 +99,7 @@ def reward_step(model: nn.Module, micro: list[dict[str, torch.Tensor]], cfg: Rew
 
     Each micro-batch's loss (mean over its pairs) is weighted by its share of the step's pairs,
     so the gradient is the one of the mean loss over every pair of the step (all ranks: FSDP
-    averages over ranks). Metrics over the step's pairs (this rank): ``loss``, ``accuracy``
+    averages over ranks). Metrics over the step's pairs (all ranks): ``loss``, ``accuracy``
     (share with r_chosen > r_rejected), ``margin`` (mean r_chosen - r_rejected),
     ``mean_reward``, ``min_reward``, ``max_reward`` (over chosen and rejected answers).
     """
@@ -119,8 +119,17 @@ def reward_step(model: nn.Module, micro: list[dict[str, torch.Tensor]], cfg: Rew
         rejected_all.append(rejected.detach().float())
     c, r = torch.cat(chosen_all), torch.cat(rejected_all)
     both = torch.cat([c, r])
-    return {"loss": loss_sum / total, "accuracy": float((c > r).float().mean()), "margin": float((c - r).mean()),
-            "mean_reward": float(both.mean()), "min_reward": float(both.min()), "max_reward": float(both.max())}
+    means = torch.stack([torch.tensor(loss_sum / total, device=c.device), (c > r).float().mean(), (c - r).mean(),
+                         both.mean()]).double()  # every rank has the same number of pairs: mean of means
+    lo, hi = both.min().double(), both.max().double()
+    if ctx.is_distributed:
+        torch.distributed.all_reduce(means)
+        means /= ctx.world_size
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    loss, accuracy, margin, mean = means.tolist()
+    return {"loss": loss, "accuracy": accuracy, "margin": margin, "mean_reward": mean, "min_reward": float(lo),
+            "max_reward": float(hi)}
 
 
 def calibration_table(p_chosen: torch.Tensor, bins: int = 10) -> list[dict[str, float]]:
@@ -152,15 +161,18 @@ def calibration_table(p_chosen: torch.Tensor, bins: int = 10) -> list[dict[str, 
 def evaluate(model: nn.Module, pairs: list[PreferencePair], cfg: RewardConfig, pad_id: int, ctx: DistContext,
              amp: ContextManager[Any] | None = None) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Held-out metrics (``eval/loss``, ``eval/accuracy``, ``eval/margin``, ``eval/mean_reward``,
-    ``eval/ece``) and the calibration table, over every held-out pair (split over ranks)."""
+    ``eval/ece``) and the calibration table over the held-out pairs, split over ranks (with N ranks
+    the last ``len(pairs) % N`` are left out: every rank must run as many forwards)."""
     was_training = model.training
     model.eval()
-    mine = pairs[ctx.rank::ctx.world_size]
+    usable = len(pairs) - len(pairs) % ctx.world_size  # the same number of forwards on every rank (FSDP)
+    mine = pairs[:usable][ctx.rank::ctx.world_size]
     chosen_parts: list[torch.Tensor] = []
     rejected_parts: list[torch.Tensor] = []
     margin_parts: list[torch.Tensor] = []
     for start in range(0, len(mine), cfg.micro_batch_size):
-        batch = {k: v.to(ctx.device) for k, v in collate_pairs(mine[start:start + cfg.micro_batch_size], pad_id).items()}
+        batch = collate_pairs(mine[start:start + cfg.micro_batch_size], pad_id)
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
         with amp or nullcontext():
             c, r = score_pairs(model, batch)
         chosen_parts.append(c.float())
@@ -247,7 +259,12 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
         start_step, last_ckpt = state["step"], state["path"]
         pairs_seen = int(state["trainer_state"].get("pairs_seen", 0))
         cb.on_log(f"resumed from {state['path']} at step {start_step}")
-    prepare_out_dir(cfg, tokenizer, out_dir, ctx)
+
+    def run_config() -> dict[str, Any]:  # saved as out_dir/config.json and with every checkpoint
+        return checkpoint_config(cfg, "reward", model.cfg, out_dir, lora=cfg.lora.to_dict(),
+                                 head={"kind": "scalar", "dim": model.cfg.dim}, base=start_info["source"])
+
+    prepare_out_dir(cfg, tokenizer, out_dir, ctx, run_config)
 
     cb.on_start({"config": cfg.to_dict(), "kind": "reward", "world_size": ctx.world_size, "device": str(ctx.device),
                  "dtype": amp_name(amp),
@@ -261,8 +278,7 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
     def checkpoint(step: int) -> str:
         path = save_checkpoint(
             out_dir, step, model, optimizer, ctx=ctx, keep_last=cfg.keep_last,
-            config=checkpoint_config(cfg, "reward", model.cfg, out_dir, lora=cfg.lora.to_dict(),
-                                     head={"kind": "scalar", "dim": model.cfg.dim}, base=start_info["source"]),
+            config=run_config(),
             trainer_state={"scheduler": scheduler.state_dict(), "pairs_seen": pairs_seen},
             rank_state={"sampler": sampler.state_dict()},
         )

@@ -86,19 +86,19 @@ def build_rows(cfg: SFTConfig, tokenizer: StudioTokenizer, world_size: int = 1
 @torch.no_grad()
 def evaluate(model: nn.Module, rows: list[SFTExample], cfg: SFTConfig, pad_id: int, ctx: DistContext,
              amp: ContextManager[Any] | None = None) -> dict[str, float]:
-    """Token-weighted mean loss of the scored tokens over the held-out rows (split over ranks)."""
+    """Token-weighted mean loss of the scored tokens over the held-out rows, split over ranks (with N
+    ranks the last ``len(rows) % N`` rows are left out: every rank must run as many forwards)."""
     from training.core.losses import perplexity
 
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (sum of losses, scored tokens)
-    mine = rows[ctx.rank::ctx.world_size]
+    usable = len(rows) - len(rows) % ctx.world_size  # the same number of forwards on every rank (FSDP)
+    mine = rows[:usable][ctx.rank::ctx.world_size]
     for start in range(0, len(mine), cfg.micro_batch_size):
         inputs, targets = collate_rows(mine[start:start + cfg.micro_batch_size], pad_id)
         inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
         count = (targets != -100).sum()
-        if int(count) == 0:
-            continue
         with amp or nullcontext():
             loss = model(inputs, targets=targets)
         total[0] += loss.double() * count
@@ -145,7 +145,11 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
         start_step, last_ckpt = state["step"], state["path"]
         tokens_seen = int(state["trainer_state"].get("tokens_seen", 0))
         cb.on_log(f"resumed from {state['path']} at step {start_step}")
-    prepare_out_dir(cfg, tokenizer, out_dir, ctx)
+
+    def run_config() -> dict[str, Any]:  # saved as out_dir/config.json and with every checkpoint
+        return checkpoint_config(cfg, "sft", model.cfg, out_dir, lora=cfg.lora.to_dict(), base=start_info["source"])
+
+    prepare_out_dir(cfg, tokenizer, out_dir, ctx, run_config)
 
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -159,8 +163,7 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
     def checkpoint(step: int) -> str:
         path = save_checkpoint(
             out_dir, step, model, optimizer, ctx=ctx, keep_last=cfg.keep_last,
-            config=checkpoint_config(cfg, "sft", model.cfg, out_dir, lora=cfg.lora.to_dict(),
-                                     base=start_info["source"]),
+            config=run_config(),
             trainer_state={"scheduler": scheduler.state_dict(), "tokens_seen": tokens_seen},
             rank_state={"sampler": sampler.state_dict()},
         )
