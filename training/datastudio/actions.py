@@ -426,7 +426,8 @@ def finish_curation(run_id: int, status: str, *, error: dict[str, Any] | None = 
         run.status, run.finished_at, run.pid, run.exit_code = status, timezone.now(), None, exit_code
         run.error = error or {}
         if summary:
-            run.progress = {**run.progress, **{k: v for k, v in summary.items() if k != "report"}, "final": True}
+            run.progress = {**run.progress, **{k: v for k, v in summary.items() if k != "status"},
+                            "final": status == "succeeded"}
         run.save(update_fields=["status", "finished_at", "pid", "exit_code", "error", "progress", "dataset"])
         payload = {"status": status, **({"error": error} if error else {}), **({"dataset": ds.pk} if ds else {})}
         transaction.on_commit(lambda: publish_curation(run_id, "curation.status", payload, studio_wide=True))
