@@ -178,9 +178,12 @@ def _train(cfg: DPOConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
                       f"{time.perf_counter() - t0:.1f}s; the reference model is freed")
         del ref
         ref = None
-    prepare_out_dir(cfg, tok, out_dir, ctx)
-    saved_config = checkpoint_config(cfg, "dpo", model_cfg, out_dir, base_fingerprint=base,
-                                     tokenizer_fingerprint=tok.fingerprint)
+    def run_config() -> dict[str, Any]:
+        return checkpoint_config(cfg, "dpo", model_cfg, out_dir, base_fingerprint=base,
+                                 tokenizer_fingerprint=tok.fingerprint)
+
+    prepare_out_dir(cfg, tok, out_dir, ctx, run_config)
+    saved_config = run_config()
 
     pairs_per_step = cfg.micro_batch_size * cfg.grad_accum_steps * ctx.world_size
     n_params = sum(p.numel() for p in policy.parameters())
