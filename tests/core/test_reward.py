@@ -126,6 +126,9 @@ def test_every_parameter_changes_in_one_step(chat_base: dict[str, Path], pairs_f
     summary = train(reward_config(chat_base, pairs_file, tmp_path / "rm", steps=1))
     rm, saved = load_reward_model(summary["checkpoint"])
     assert saved["kind"] == "reward" and saved["head"]["kind"] == "scalar"
+    from training.core.loops.policy import base_fingerprint  # what PPO checks a reward model's base against
+
+    assert saved["base_fingerprint"] == base_fingerprint(str(chat_base["run"]), rm.cfg)
     fresh = RewardModel(load_start_model(chat_base), seed=0)
     trained = dict(rm.named_parameters())
     trainable = [(name, p) for name, p in fresh.named_parameters() if p.requires_grad]

@@ -57,7 +57,9 @@ def load_start(cfg: PostTrainingConfig) -> tuple[nn.Module, StudioTokenizer, dic
     """The model ``cfg.init_from`` names (fp32, CPU, train mode), its tokenizer and what was loaded.
 
     The returned info holds ``source`` (the path), ``saved_config`` (the checkpoint's config
-    when it is one of ours, else {}) and ``tokenizer_dir`` (where the tokenizer came from).
+    when it is one of ours, else {}), ``tokenizer_dir`` (where the tokenizer came from) and
+    ``base_fingerprint`` (the base model it descends from, see ``loops.policy.base_fingerprint``:
+    checkpoints record it so that PPO can refuse a reward model from another base).
     Refusals (:class:`ConfigError`): no model there, no tokenizer, a ``tokenizer_dir`` that is
     not the model's own tokenizer (another vocabulary) or does not fit its embeddings.
     """
@@ -109,7 +111,10 @@ def load_start(cfg: PostTrainingConfig) -> tuple[nn.Module, StudioTokenizer, dic
     if model.cfg.mode != "decoder":
         raise ConfigError("init_from", f"{source} is a masked-LM encoder",
                           "post-training starts from a causal (decoder) model")
-    return model, tokenizer, {"source": source, "saved_config": saved, "tokenizer_dir": tok_dir}
+    from training.core.loops.policy import base_fingerprint
+
+    return model, tokenizer, {"source": source, "saved_config": saved, "tokenizer_dir": tok_dir,
+                              "base_fingerprint": base_fingerprint(source, model.cfg)}
 
 
 def resolve_resume(cfg: PostTrainingConfig) -> str | None:

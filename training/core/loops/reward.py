@@ -262,7 +262,8 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
 
     def run_config() -> dict[str, Any]:  # saved as out_dir/config.json and with every checkpoint
         return checkpoint_config(cfg, "reward", model.cfg, out_dir, lora=cfg.lora.to_dict(),
-                                 head={"kind": "scalar", "dim": model.cfg.dim}, base=start_info["source"])
+                                 head={"kind": "scalar", "dim": model.cfg.dim}, base=start_info["source"],
+                                 base_fingerprint=start_info["base_fingerprint"])
 
     prepare_out_dir(cfg, tokenizer, out_dir, ctx, run_config)
 

@@ -147,7 +147,8 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
         cb.on_log(f"resumed from {state['path']} at step {start_step}")
 
     def run_config() -> dict[str, Any]:  # saved as out_dir/config.json and with every checkpoint
-        return checkpoint_config(cfg, "sft", model.cfg, out_dir, lora=cfg.lora.to_dict(), base=start_info["source"])
+        return checkpoint_config(cfg, "sft", model.cfg, out_dir, lora=cfg.lora.to_dict(), base=start_info["source"],
+                                 base_fingerprint=start_info["base_fingerprint"])
 
     prepare_out_dir(cfg, tokenizer, out_dir, ctx, run_config)
 
