@@ -110,8 +110,8 @@ def test_packing_keeps_whole_examples_in_order() -> None:
     assert [t for r in packed for t in r.ids] == [t for e in examples for t in e.ids]
     single = pack_rows(examples, seq_len=63, packing=False)
     assert [len(r.ids) for r in single] == [10, 20, 30, 40, 5, 50]
-    cut = pack_rows([SFTExample(tuple(range(80)), tuple([True] * 80))], seq_len=63)
-    assert len(cut[0].ids) == 64
+    cut = pack_rows([SFTExample(tuple(range(80)), tuple([False] * 70 + [True] * 10))], seq_len=63)
+    assert cut[0].ids == tuple(range(16, 80))  # too long: the start goes, the answer at the end stays
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -250,3 +250,21 @@ def torchrun(command: str, cfg: object, tmp: Path) -> list[dict]:
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return [json.loads(line) for line in events.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sft_on_natural_instructions(chat_base: dict[str, Path], corpus_cache: Path, tmp_path: Path) -> None:
+    """The BIG-bench natural_instructions conversations (real instruction data) train as {messages} records."""
+    from training.core import corpora
+
+    try:
+        docs = list(corpora.iter_documents("natural-instructions", corpus_cache))
+    except corpora.CorpusUnavailable as e:  # pragma: no cover - only without PyPI access
+        pytest.skip(f"BIG-bench cannot be fetched here: {e}")
+    assert len(docs) > 10_000 and len({d["topic"] for d in docs}) == 61
+    short = sorted(docs, key=lambda d: len(d["text"]))[:200]  # the shortest: they fit 128 tokens
+    train_file = write_jsonl(tmp_path / "ni.jsonl", [{"messages": d["messages"]} for d in short])
+    rec = RecordingCallbacks()
+    summary = train(sft_config(chat_base, train_file, tmp_path / "run", steps=8, max_seq_len=128), rec)
+    assert summary["status"] == "completed" and rec.info["examples"] == len(short)
+    assert sum(rec.losses[-3:]) / 3 < rec.losses[0] - 0.3, rec.losses

@@ -356,6 +356,38 @@ def _build_hhh(work: Path) -> Iterator[dict[str, Any]]:
                        "text": f"{prompt}\n\nChosen: {chosen[0].strip()}\nRejected: {rejected[0].strip()}"}
 
 
+def _build_natural_instructions(work: Path, per_task: int = 200) -> Iterator[dict[str, Any]]:
+    """Instruction-following examples of BIG-bench ``natural_instructions`` (Natural Instructions v1) as
+    chats: the task's definition and an input from the user, the reference output from the assistant.
+
+    The first ``per_task`` examples of each of the 61 subtasks (about 12,000 conversations) are read
+    from the 342 MB source distribution (streamed, not unpacked); the download is deleted with the
+    temporary folder once the documents are written.
+    """
+    import tarfile
+
+    sdist = _pypi_sdist("bigbench", "1.0.0", work)
+    want = re.compile(r"bigbench/benchmark_tasks/natural_instructions/(subtask\w+)/task\.json$")
+    with tarfile.open(sdist, "r:gz") as tf:
+        for member in tf:
+            m = want.search(member.name)
+            if not (member.isfile() and m):
+                continue
+            task = json.load(tf.extractfile(member))  # type: ignore[arg-type]
+            definition = str(task.get("description", "")).strip()
+            for j, ex in enumerate((task.get("examples") or [])[:per_task]):
+                target = ex.get("target")
+                target = target[0] if isinstance(target, list) and target else target
+                question = str(ex.get("input", "")).strip()
+                if not isinstance(target, str) or not target.strip() or not question:
+                    continue
+                messages = [{"role": "user", "content": f"{definition}\n\n{question}" if definition else question},
+                            {"role": "assistant", "content": target.strip()}]
+                yield {"id": f"natural-instructions/{m.group(1)}/{j:04d}", "title": f"{m.group(1)} #{j}",
+                       "topic": m.group(1), "messages": messages,
+                       "text": f"User: {messages[0]['content']}\nAssistant: {messages[1]['content']}"}
+
+
 # --------------------------------------------------------------------------------------------
 # Registry of corpora
 # --------------------------------------------------------------------------------------------
@@ -393,6 +425,11 @@ CORPORA: dict[str, CorpusSpec] = {
         domain="conversation", language="en", licence="Apache-2.0 (BIG-bench)",
         description="Anthropic's HHH evaluation as 221 prompt / chosen / rejected pairs (harmless, helpful, "
                     "honest, other), one document per pair. An evaluation set: never use it for pretraining."),
+    "natural-instructions": CorpusSpec(
+        name="natural-instructions", title="BIG-bench natural_instructions (SFT conversations)", registry="pypi",
+        package="bigbench", domain="conversation", language="en", licence="Apache-2.0 (BIG-bench)",
+        description="Natural Instructions v1 as user/assistant chats (task definition + input -> reference "
+                    "output), the first 200 examples of each of the 61 subtasks: supervised fine-tuning data."),
 }
 
 BUILDERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
@@ -402,6 +439,7 @@ BUILDERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
     "python-docs": _build_python_docs,
     "chatterbot": _build_chatterbot,
     "hhh": _build_hhh,
+    "natural-instructions": _build_natural_instructions,
 }
 
 

@@ -11,7 +11,7 @@ segment by segment: ``mask[i]`` is True exactly on tokens an assistant turn prod
 ``targets = row[1:]`` with -100 where not scored). With packing each row holds several whole
 examples one after the other (fewer padding tokens; an example attends to the earlier ones in
 its row, as in TRL's packed datasets); without, one example per row. Examples longer than a
-row are cut.
+row lose their start (the answer at the end is kept).
 
 >>> from training.core.tokenizer import train_tokenizer
 >>> tok = train_tokenizer(["hello there how are you fine thanks"] * 20, vocab_size=300)
@@ -121,15 +121,16 @@ def pack_rows(examples: list[SFTExample], seq_len: int, *, packing: bool = True)
     """Rows of at most ``seq_len + 1`` tokens, in the examples' order (not padded).
 
     With ``packing``, examples are appended to the current row while they fit (whole examples
-    only; an example longer than a row gets a row of its own, cut). Rows whose mask is all
-    False (nothing to learn) are dropped.
+    only). An example longer than a row loses its start (its last turns, where the answer to learn
+    is, are kept) and gets a row of its own. Rows whose mask is all False (nothing to learn) are
+    dropped.
     """
     cap = seq_len + 1
     rows: list[SFTExample] = []
     cur_ids: list[int] = []
     cur_mask: list[bool] = []
     for ex in examples:
-        ids, mask = list(ex.ids[:cap]), list(ex.mask[:cap])
+        ids, mask = list(ex.ids[-cap:]), list(ex.mask[-cap:])  # too long: keep the end (the answer)
         if packing and cur_ids and len(cur_ids) + len(ids) <= cap:
             cur_ids += ids
             cur_mask += mask
