@@ -61,3 +61,31 @@ def test_import_curate_watch_progress_and_read_the_datasheet(page, studio_server
         page.get_by_role("link", name="Download Markdown").click()
     text = open(info.value.path(), encoding="utf-8").read()
     assert text.startswith("# Datasheet") and "austen" in text
+
+
+def test_recipe_editor_preview_and_lsh_calculator(page, studio_server):  # noqa: ANN001
+    server = studio_server
+    status, body = server.session("builder", "builder-demo-pass").request(
+        "POST", "/api/datastudio/sources/", {"kind": "corpus", "corpus": "austen"})
+    assert status in (201, 409), body  # 409: imported by the test above
+    sign_in(page, server, "builder", "builder-demo-pass")
+    page.goto(server.url + "/data/recipes/")
+    # the S-curve for the default 14 × 8, then a suggestion for 128 hash functions
+    page.wait_for_function("() => Number(document.getElementById('chart-lsh').dataset.points || 0) == 101")
+    assert "P(candidate) at 0.8: 0.923548" in page.locator("#lsh-summary").inner_text()
+    page.get_by_label("Suggest for hash functions").fill("128")
+    page.get_by_role("button", name="Plot").click()
+    page.locator("#lsh-summary").filter(has_text="suggested for 128 hash functions").wait_for()
+    # a recipe error names the step and setting
+    page.get_by_label("Steps (JSON)").fill('[{"step": "length", "config": {"min_chars": -5}}]')
+    page.get_by_role("button", name="Validate").click()
+    page.locator("#recipe-form #form-error").filter(has_text="recipe.length.").wait_for()
+    # preview a Gopher threshold on a sample of the imported corpus
+    page.locator("#recipe-form").get_by_label(re.compile(r"austen \(\d+ documents\)")).check()
+    page.get_by_label("Step", exact=True).select_option("gopher_quality")
+    page.get_by_label("Measured value", exact=True).select_option("mean_word_length")
+    page.get_by_label("Sample size").fill("50")
+    page.get_by_role("button", name="Preview").click()
+    page.wait_for_function("() => Number(document.getElementById('chart-preview').dataset.points || 0) == 20")
+    assert "on 50 documents" in page.locator("#preview-summary").inner_text()
+    assert page.locator("#preview-cuts h3").count() == 2  # the lower and the upper cut

@@ -224,11 +224,15 @@
     for (const s of steps) {
       for (const [rule, n] of Object.entries(s.by_rule || {})) { labels.push(`${s.name}: ${rule}`); counts.push(n); }
     }
-    new window.Chart(document.getElementById("chart-rules"), {
-      type: "bar",
-      data: { labels, datasets: [{ label: "documents dropped or changed", data: counts, backgroundColor: "#c2410c" }] },
-      options: { indexAxis: "y", maintainAspectRatio: false, animation: false, plugins: { title: { display: true, text: "By rule" } } },
-    });
+    if (labels.length) {
+      new window.Chart(document.getElementById("chart-rules"), {
+        type: "bar",
+        data: { labels, datasets: [{ label: "documents dropped or changed", data: counts, backgroundColor: "#c2410c" }] },
+        options: { indexAxis: "y", maintainAspectRatio: false, animation: false, plugins: { title: { display: true, text: "By rule" } } },
+      });
+    } else {
+      document.getElementById("chart-rules").replaceWith(el("p", { class: "empty" }, "No document was dropped or changed."));
+    }
     const filter = document.getElementById("rule-filter");
     filter.addEventListener("change", () => {
       document.querySelectorAll("#examples details").forEach((d) => {
