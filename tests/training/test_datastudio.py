@@ -485,3 +485,28 @@ def test_a_run_whose_worker_died_becomes_interrupted_and_resumable(bclient, smal
     assert CurationRun.objects.get(pk=fresh.pk).status == "running"
     resp = bclient.post(f"{BASE}/runs/{run.pk}/resume/")
     assert resp.status_code == 200 and resp.json()["status"] == "queued"
+
+
+@pytest.mark.django_db
+def test_url_import_fetches_a_page_from_a_real_server(bclient, data_dir, tmp_path):  # noqa: ANN001
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "page.html").write_text("<html><body><article><h1>River</h1><p>The mill stood by the river "
+                                        "for two hundred years.</p></article></body></html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        resp = bclient.post(f"{BASE}/sources/", {"kind": "url", "url": f"{url}/page.html", "licence": "CC-BY-4.0"},
+                            format="json")
+        assert resp.status_code == 201, resp.json()
+        src = resp.json()
+        assert (src["kind"], src["domain"], src["documents"], src["origin"]) == ("url", "web", 1, f"{url}/page.html")
+        missing = bclient.post(f"{BASE}/sources/", {"kind": "url", "url": f"{url}/nope.html"}, format="json")
+        assert missing.status_code == 502 and missing.json()["code"] == "url_http_error"
+    finally:
+        server.shutdown()
+    assert DataSource.objects.count() == 1
