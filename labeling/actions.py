@@ -123,6 +123,15 @@ def _check_spec(project: Project, spec: ItemSpec) -> str | None:
     """Why a parsed line cannot go into this project, or None."""
     n = len(spec.responses)
     task = project.task_type
+    for ann in spec.annotations:
+        fits = {TASK_PAIRWISE: sorted(ann.get("order", [])) == list(range(n)) or ("choice" in ann and n == 2),
+                TASK_RANKING: sorted(ann.get("order", [])) == list(range(n)),
+                TASK_RATING: sorted(ann.get("ratings", {})) == list(range(n))}.get(task, False)
+        if not fits:
+            given = ", ".join(k for k in ("order", "choice", "ratings", "comment") if k in ann) or "nothing"
+            return (f"{ann['annotator']}'s answer ({given}) does not fit a {task} project with {n} responses"
+                    + (" (a ranking must rank every response, ratings must rate each one)"
+                       if task in (TASK_RANKING, TASK_RATING) else ""))
     if spec.kind == "item" and spec.judgement is None and n:
         if task in (TASK_PAIRWISE, TASK_RANKING) and n < 2:
             return f"a {task} project needs at least 2 responses per prompt (got {n})"
@@ -138,6 +147,34 @@ def _authors(specs: list[ItemSpec]) -> dict[str, Any]:
     if not names:
         return {}
     return {u.get_username(): u for u in get_user_model().objects.filter(username__in=names)}
+
+
+def _annotation_fields(task: str, listed: list[int], responses: list[Response], ann: dict[str, Any]) -> dict[str, Any]:
+    """Judgement fields of another tool's annotation on the item showing ``listed`` responses in order."""
+    out: dict[str, Any] = {k: ann[k] for k in ("comment", "time_on_task_ms") if k in ann}
+    if task == TASK_PAIRWISE:
+        if "order" in ann:
+            first = next(i for i in ann["order"] if i in listed)
+            out["choice"] = "a" if first == listed[0] else "b"
+        else:
+            out["choice"] = ann["choice"]
+    elif task == TASK_RANKING:
+        out["ranking"] = [responses[i].pk for i in ann["order"]]
+    elif task == TASK_RATING:
+        out["ratings"] = {str(responses[i].pk): crit for i, crit in ann["ratings"].items()}
+    return out
+
+
+def _tool_annotator(username: str, cache: dict[str, Any]) -> Any:
+    """An inactive account (no usable password) standing for another tool's annotator."""
+    username = username[:150]
+    if username not in cache:
+        user, created = get_user_model().objects.get_or_create(username=username, defaults={"is_active": False})
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        cache[username] = user
+    return cache[username]
 
 
 def _shuffle(n: int, rng: random.Random) -> list[int]:
@@ -193,6 +230,15 @@ def _store_spec(project: Project, spec: ItemSpec, user: Any, rng: random.Random,
             item.complete = True
             item.save(update_fields=["submitted_count", "complete"])
             result.judgements += 1
+        if spec.annotations:  # other tools' annotators: one imported judgement each; the item is done
+            for ann in spec.annotations:
+                Judgement.objects.create(project=project, item=item, imported=True,
+                                         annotator=_tool_annotator(ann["annotator"], authors),
+                                         **_annotation_fields(item.kind, listed, responses, ann))
+            item.submitted_count = len(spec.annotations)
+            item.complete = True
+            item.save(update_fields=["submitted_count", "complete"])
+            result.judgements += len(spec.annotations)
 
 
 def import_jsonl(project: Project, user: Any, text: str, *, on_error: str = "refuse", seed: int | None = None) -> ImportResult:

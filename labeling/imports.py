@@ -12,9 +12,12 @@ One line is one JSON object in one of these shapes (detected by its keys):
 - **SFT**: ``{"messages": [..., {"role": "assistant", …}]}`` with ``"kind": "sft"`` or an ``"id"``
   starting with the export's lineage — a conversation ending in an assistant turn.
 - **Argilla** (v2 record export): ``{"fields": {"prompt"|"instruction", "response1", "response2"…},
-  "responses"|"values": {"<question>": …}}`` — text fields become prompt and responses.
-- **Label Studio** (JSON-min / JSON task): ``{"data": {"prompt", "answer1", "answer2"}, …}`` with an
-  optional pairwise result ``{"selected": "left"|"right"}``.
+  "metadata": {…}, "responses": {"<question>": [{"value", "user_id", "status"}]}}`` — text fields
+  become prompt and responses, metadata is kept, each user's submitted answers (a ranking of the
+  response fields, a label naming one, ratings) become that user's judgement.
+- **Label Studio** (JSON task export): ``{"data": {"prompt", "answer1", "answer2"…}, "meta": {…},
+  "annotations": [{"completed_by", "result": [...], "lead_time"}]}`` — ``pairwise``
+  (``selected: left|right``), ``rating`` and ``ranker`` results, one judgement per annotation.
 
 :func:`parse_jsonl` returns ``(specs, errors)``; every error names its line number.
 """
@@ -54,6 +57,11 @@ class ItemSpec:
     judgement: dict[str, Any] | None = None
     gold: dict[str, Any] | None = None
     keep_order: bool = False  # True when positions carry meaning (listed order = shown order)
+    # answers of other tools' annotators (Argilla, Label Studio), one per annotator, in listed
+    # order: {"annotator": "argilla-<user id>", "order": [listed indices best first] | "choice":
+    # "a"|"b"|"tie"|"both_bad" | "ratings": {listed index: {criterion: score}}, "comment",
+    # "time_on_task_ms"}
+    annotations: list[dict[str, Any]] = field(default_factory=list)
 
 
 class LineError(ValueError):
@@ -140,6 +148,114 @@ def _implicit_prompt(chosen: list, rejected: list) -> list[dict[str, str]]:
     return _messages(prefix, "prompt")
 
 
+# ---- other tools' exports ------------------------------------------------------------------------
+
+ANSWER_PREFIXES = ("response", "answer", "completion")
+
+
+def _tool_metadata(source: str, extra: Any) -> dict[str, Any]:
+    if extra is not None and not isinstance(extra, dict):
+        raise LineError("'metadata' / 'meta' must be an object")
+    return {**(extra or {}), "imported_from": source}
+
+
+def _order(value: Any, names: list[str]) -> list[int] | None:
+    """A ranking answer as listed indices, best first: a list of field names, or Argilla v1's
+    ``[{"value": name, "rank": n}]``; None when ``value`` is not a ranking of these fields."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and v.get("value") in names for v in value):
+        value = [v["value"] for v in sorted(value, key=lambda v: v.get("rank") or 0)]
+    if isinstance(value, list) and value and all(isinstance(v, str) and v in names for v in value):
+        if len(set(value)) != len(value):
+            raise LineError(f"a ranking names a response twice: {value}")
+        return [names.index(v) for v in value]
+    return None
+
+
+def _answer_into(answer: dict[str, Any], question: str, value: Any, names: list[str], target: str | None) -> None:
+    """Fold one answer of one annotator into ``answer`` (see :attr:`ItemSpec.annotations`)."""
+    order = _order(value, names)
+    if order is not None:
+        answer["order"] = order
+    elif isinstance(value, str) and value in names and len(names) == 2:
+        answer["choice"] = "ab"[names.index(value)]
+    elif isinstance(value, str) and value in ("tie", "both_bad"):
+        answer["choice"] = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        # a rating: of the response its question (or target) names, else of a lone response
+        named = [i for i, n in enumerate(names) if n == target or (target is None and n in question)]
+        index = named[0] if named else (0 if len(names) == 1 else None)
+        if index is None:
+            raise LineError(f"rating '{question}': say which response it rates (name it in the question)")
+        criterion = question.replace(names[index], "").strip("_-. ") or question
+        answer.setdefault("ratings", {}).setdefault(index, {})[criterion] = value
+    elif isinstance(value, str) and value.strip():
+        answer["comment"] = (answer.get("comment", "") + "\n" + f"{question}: {value}").strip()
+
+
+def _argilla(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
+    """Argilla record export (v2 ``to_list(flatten=False)`` / JSON): text fields become the prompt and
+    responses, ``metadata`` is kept, and each user's answers (``responses: {question: [{"value",
+    "user_id"}]}``: rankings, label choices naming a response, ratings) become one judgement."""
+    fields = obj["fields"]
+    prompt = fields.get("prompt", fields.get("instruction", fields.get("question")))
+    names = [k for k, v in sorted(fields.items()) if k.startswith(ANSWER_PREFIXES) and isinstance(v, str)]
+    spec = ItemSpec(line, "item", _messages(prompt, "fields.prompt"), ext or str(obj.get("id") or ""),
+                    _tool_metadata("argilla", obj.get("metadata")),
+                    [{"text": fields[n], "model": "", "source": "file"} for n in names], keep_order=True)
+    if obj.get("status") not in (None, "completed", "pending"):
+        raise LineError(f"unknown Argilla record status {obj.get('status')!r}")
+    answers = obj.get("responses") or {}
+    if not isinstance(answers, dict):
+        raise LineError("Argilla 'responses' must map each question to a list of {\"value\", \"user_id\"}")
+    by_user: dict[str, dict[str, Any]] = {}
+    for question, given in answers.items():
+        for ans in given if isinstance(given, list) else []:
+            if not isinstance(ans, dict) or ans.get("status", "submitted") != "submitted":
+                continue  # drafts and discarded answers are not judgements
+            user = str(ans.get("user_id") or "unknown")
+            _answer_into(by_user.setdefault(user, {}), str(question), ans.get("value"), names, None)
+    spec.annotations = [{"annotator": f"argilla-{u}", **a} for u, a in by_user.items() if a]
+    return spec
+
+
+def _label_studio(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
+    """Label Studio task export (JSON): ``data`` text fields become the prompt and responses,
+    ``meta`` is kept, and every annotation that was not cancelled becomes one judgement of its
+    ``completed_by`` user: ``pairwise`` (selected left/right), ``rating`` (``to_name`` names the
+    response, ``from_name`` the criterion), ``ranker`` and ``textarea`` results; ``lead_time``
+    becomes the time on task."""
+    data = obj["data"]
+    prompt = data.get("prompt", data.get("text", data.get("question")))
+    names = [k for k in ("answer1", "answer2", "answer3", "answer4", "response1", "response2", "response3",
+                         "response4", "left", "right") if isinstance(data.get(k), str)]
+    spec = ItemSpec(line, "item", _messages(prompt, "data.prompt"), ext or str(obj.get("id") or ""),
+                    _tool_metadata("label_studio", obj.get("meta")),
+                    [{"text": data[n], "model": "", "source": "file"} for n in names], keep_order=True)
+    for n, ann in enumerate(obj.get("annotations") or obj.get("completions") or []):
+        if not isinstance(ann, dict) or ann.get("was_cancelled"):
+            continue
+        who = ann.get("completed_by")
+        who = who.get("email") or who.get("id") if isinstance(who, dict) else who
+        answer: dict[str, Any] = {}
+        for res in ann.get("result") or []:
+            value = (res or {}).get("value") or {}
+            if value.get("selected") in ("left", "right") and len(names) == 2:
+                answer["choice"] = "a" if value["selected"] == "left" else "b"
+            elif "rating" in value:
+                _answer_into(answer, str(res.get("from_name") or "rating"), value["rating"], names, res.get("to_name"))
+            elif "ranker" in value:
+                ranked = value["ranker"]
+                ranked = next(iter(ranked.values()), []) if isinstance(ranked, dict) else ranked
+                _answer_into(answer, str(res.get("from_name") or "ranking"), ranked, names, None)
+            elif isinstance(value.get("text"), list):
+                _answer_into(answer, str(res.get("from_name") or "text"), " ".join(map(str, value["text"])), names, None)
+        if isinstance(ann.get("lead_time"), (int, float)) and answer:
+            answer["time_on_task_ms"] = int(ann["lead_time"] * 1000)
+        if answer:
+            spec.annotations.append({"annotator": f"label-studio-{who if who is not None else n}", **answer})
+    return spec
+
+
 def parse_line(obj: Any, line: int) -> ItemSpec:
     """One decoded JSON object → :class:`ItemSpec` (raises :class:`LineError` with the reason)."""
     if not isinstance(obj, dict):
@@ -175,26 +291,9 @@ def parse_line(obj: Any, line: int) -> ItemSpec:
                       "source": "human" if model == "human" else ("model" if model else "file")}]
         return ItemSpec(line, "kto", messages, ext, _meta(obj, ("category",)), responses, {"label": obj["label"]})
     if isinstance(obj.get("fields"), dict):  # Argilla
-        fields = obj["fields"]
-        prompt = fields.get("prompt", fields.get("instruction", fields.get("question")))
-        texts = [v for k, v in sorted(fields.items()) if k.startswith(("response", "answer", "completion"))
-                 and isinstance(v, str)]
-        return ItemSpec(line, "item", _messages(prompt, "fields.prompt"), ext or str(obj.get("id") or ""),
-                        {"imported_from": "argilla"}, [{"text": t, "model": "", "source": "file"} for t in texts],
-                        keep_order=True)
+        return _argilla(obj, line, ext)
     if isinstance(obj.get("data"), dict):  # Label Studio
-        data = obj["data"]
-        prompt = data.get("prompt", data.get("text", data.get("question")))
-        texts = [data[k] for k in ("answer1", "answer2", "response1", "response2", "left", "right")
-                 if isinstance(data.get(k), str)]
-        spec = ItemSpec(line, "item", _messages(prompt, "data.prompt"), ext, {"imported_from": "label_studio"},
-                        [{"text": t, "model": "", "source": "file"} for t in texts], keep_order=True)
-        for ann in obj.get("annotations") or []:
-            for res in (ann or {}).get("result") or []:
-                selected = ((res or {}).get("value") or {}).get("selected")
-                if selected in ("left", "right") and len(texts) == 2:
-                    spec.judgement = {"choice": "a" if selected == "left" else "b"}
-        return spec
+        return _label_studio(obj, line, ext)
     if "messages" in obj and "prompt" not in obj and "responses" not in obj:
         messages = _messages(obj["messages"], "messages")
         if messages[-1]["role"] == "assistant" and len(messages) >= 2:  # SFT conversation

@@ -125,7 +125,7 @@ def test_import_parses_trl_argilla_and_label_studio():
     assert specs[0].judgement == {"choice": "a", "strength": -2}
     assert specs[1].messages == [{"role": "user", "content": "q"}] and specs[1].responses[0]["text"] == "good"
     assert specs[4].external_id == "ar-1" and [r["text"] for r in specs[4].responses] == ["one", "two"]
-    assert specs[5].judgement == {"choice": "b"}
+    assert specs[5].annotations == [{"annotator": "label-studio-0", "choice": "b"}]
     assert [e.line for e in errors] == [7, 8] and "margin" in errors[0].message
 
 
@@ -194,3 +194,76 @@ def test_import_checks_agreement():
         good, {**good, "agreement": 1.5}, {**good, "n_votes": 0}, {**good, "n_votes": None}]))
     assert specs[0].metadata == {"agreement": 0.75, "n_votes": 4}
     assert [e.line for e in errors] == [2, 3, 4] and "agreement" in errors[0].message
+
+
+ARGILLA = {"id": "ar-7", "status": "completed", "metadata": {"topic": "geography", "source": "forum"},
+           "fields": {"prompt": "Capital of Australia?", "response1": "Sydney", "response2": "Canberra",
+                      "response3": "Melbourne"},
+           "responses": {
+               "ranking": [{"value": ["response2", "response3", "response1"], "user_id": "u-1", "status": "submitted"},
+                           {"value": [{"value": "response2", "rank": 1}, {"value": "response1", "rank": 2},
+                                      {"value": "response3", "rank": 3}], "user_id": "u-2", "status": "submitted"},
+                           {"value": ["response1", "response2", "response3"], "user_id": "u-3", "status": "draft"}],
+               "notes": [{"value": "Sydney is a common mistake.", "user_id": "u-1", "status": "submitted"}]}}
+
+LABEL_STUDIO = {"id": 41, "meta": {"batch": "b2"},
+                "data": {"prompt": "Explain rain.", "answer1": "Water falls.", "answer2": "Clouds condense into drops."},
+                "annotations": [
+                    {"completed_by": 3, "lead_time": 12.5, "result": [
+                        {"type": "rating", "from_name": "helpful", "to_name": "answer1", "value": {"rating": 2}},
+                        {"type": "rating", "from_name": "helpful", "to_name": "answer2", "value": {"rating": 5}}]},
+                    {"completed_by": {"id": 4, "email": "kim@example.org"}, "result": [
+                        {"type": "rating", "from_name": "helpful", "to_name": "answer1", "value": {"rating": 3}},
+                        {"type": "rating", "from_name": "helpful", "to_name": "answer2", "value": {"rating": 4}}]},
+                    {"completed_by": 5, "was_cancelled": True, "result": []}]}
+
+
+@pytest.mark.django_db
+def test_argilla_rankings_of_several_annotators_become_judgements(builder):  # noqa: ANN001
+    ranking = actions.create_project(builder, name="argilla-ranking", task_type="ranking")
+    result = actions.import_jsonl(ranking, builder, json.dumps(ARGILLA))
+    assert result.errors == [] and result.judgements == 2  # the draft is not a judgement
+    snap = actions.create_snapshot(builder, ranking)
+    [item] = snap.payload["items"]
+    ids = {r["text"]: r["id"] for r in item["responses"]}
+    assert [j["ranking"] for j in item["judgements"]] == [[ids["Canberra"], ids["Melbourne"], ids["Sydney"]],
+                                                           [ids["Canberra"], ids["Sydney"], ids["Melbourne"]]]
+    from labeling.models import Judgement, Prompt
+
+    annotators = sorted(Judgement.objects.values_list("annotator__username", "annotator__is_active"))
+    assert annotators == [("argilla-u-1", False), ("argilla-u-2", False)]
+    assert Judgement.objects.get(annotator__username="argilla-u-1").comment == "notes: Sydney is a common mistake."
+    assert Prompt.objects.get(project=ranking).metadata == {"topic": "geography", "source": "forum",
+                                                            "imported_from": "argilla"}
+    rows = export.preference_records(snap.payload)
+    votes = {(r["chosen"], r["rejected"]): (r["agreement"], r["n_votes"]) for r in rows}
+    assert votes[("Canberra", "Sydney")] == (1.0, 2) and votes[("Sydney", "Melbourne")] == (0.5, 2)
+    # the same record in a pairwise project: one item per pair, each annotator's order decides it
+    pairwise = actions.create_project(builder, name="argilla-pairwise")
+    result = actions.import_jsonl(pairwise, builder, json.dumps(ARGILLA))
+    assert result.items == 3 and result.judgements == 6
+    pairs = export.preference_records(actions.create_snapshot(builder, pairwise).payload, aggregate="all")
+    assert sorted((r["chosen"], r["rejected"]) for r in pairs) == sorted([
+        ("Canberra", "Sydney"), ("Canberra", "Sydney"), ("Canberra", "Melbourne"), ("Canberra", "Melbourne"),
+        ("Melbourne", "Sydney"), ("Sydney", "Melbourne")])
+    # a rating project cannot take rankings: the line is refused with the reason
+    rating = actions.create_project(builder, name="argilla-rating", task_type="rating")
+    with pytest.raises(actions.ImportRefused) as refused:
+        actions.import_jsonl(rating, builder, json.dumps(ARGILLA))
+    assert "does not fit a rating project" in refused.value.errors[0]["message"]
+
+
+@pytest.mark.django_db
+def test_label_studio_ratings_and_lead_time_become_judgements(builder):  # noqa: ANN001
+    project = actions.create_project(builder, name="ls-rating", task_type="rating", criteria=["helpful"])
+    result = actions.import_jsonl(project, builder, json.dumps(LABEL_STUDIO))
+    assert result.errors == [] and result.judgements == 2  # the cancelled annotation is left out
+    [item] = actions.create_snapshot(builder, project).payload["items"]
+    ids = {r["text"]: str(r["id"]) for r in item["responses"]}
+    assert [j["ratings"] for j in item["judgements"]] == [
+        {ids["Water falls."]: {"helpful": 2}, ids["Clouds condense into drops."]: {"helpful": 5}},
+        {ids["Water falls."]: {"helpful": 3}, ids["Clouds condense into drops."]: {"helpful": 4}}]
+    assert [j["time_ms"] for j in item["judgements"]] == [12500, None]
+    assert item["external_id"] == "41"
+    [pair] = export.preference_records({"items": [item]})
+    assert (pair["chosen"], pair["agreement"], pair["n_votes"]) == ("Clouds condense into drops.", 1.0, 2)
