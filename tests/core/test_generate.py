@@ -185,3 +185,42 @@ def test_flat_decode_step_equals_the_model_forward(padded):
             ref = model(steps[:, j:j + 1], kv_cache=a, start_pos=7 + j, return_hidden=True)[:, 0]
             got = decode_step(model, steps[:, j:j + 1], b, 7 + j)
             assert (got - ref).abs().max().item() <= 1e-5
+
+
+def test_decoding_weights_follow_weight_changes():
+    """generate keeps a transposed copy of the weights for decoding; changing the weights (an
+    optimizer step, a load) must rebuild it, and release_decode_weights drops it."""
+    from training.core.serve.generate import release_decode_weights
+
+    model = make(2)
+    before = generate(model, [PROMPTS[0]], max_new_tokens=12)
+    assert before == [reference_greedy(model, PROMPTS[0], 12)]
+    assert model.__dict__.get("_decode_weights") is not None
+    with torch.no_grad():
+        other = make(3)
+        model.load_state_dict(other.state_dict())  # in place: same storages, new versions
+    after = generate(model, [PROMPTS[0]], max_new_tokens=12)
+    assert after == [reference_greedy(other, PROMPTS[0], 12)] and after != before
+    release_decode_weights(model)
+    assert model.__dict__.get("_decode_weights") is None
+
+
+def test_layers_with_their_own_forward_decode_through_the_model():
+    """A projection whose module computes more than ``x @ W.T`` (an adapter) must not be bypassed
+    by the flat decoding step."""
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2.0 * super().forward(x)
+
+    model = make(4)
+    ref = make(4)
+    for m in (model, ref):
+        old = m.layers[0].feed_forward.w2
+        new = Scaled(old.in_features, old.out_features, bias=False)
+        new.weight = old.weight
+        m.layers[0].feed_forward.w2 = new
+    with torch.no_grad():
+        ref.layers[0].feed_forward.w2 = torch.nn.Linear(ref.cfg.hidden_dim, ref.cfg.dim, bias=False)
+        ref.layers[0].feed_forward.w2.weight.copy_(2.0 * model.layers[0].feed_forward.w2.weight)
+    assert generate(model, [PROMPTS[2]], max_new_tokens=10) == [reference_greedy(ref, PROMPTS[2], 10)]

@@ -249,17 +249,91 @@ def _byte_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+def _merges_from_scores(tokens: list[str], scores: list[float], usable: set[str]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary: every split of a piece into two pieces of
+    the vocabulary is a merge, ranked by the merged piece's score (highest first), which is the
+    order in which llama.cpp's SentencePiece tokenizer applies them; ties are ordered as in
+    transformers' ``generate_merges`` (longer left half first, then the vocabulary order)."""
+    index = {t: i for i, t in enumerate(tokens)}
+    found: list[tuple[float, int, int, str, str]] = []
+    for piece, score in zip(tokens, scores):
+        if piece not in usable or len(piece) < 2:
+            continue
+        local = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in usable and piece[k:] in usable]
+        local.sort(key=lambda pair: (index[pair[0]], index[pair[1]]))
+        found.extend((-score, len(a), len(b), a, b) for a, b in local)
+    found.sort(key=lambda m: (m[0], -m[1], -m[2]))  # then longer left halves; stable: vocabulary order
+    return [(a, b) for _, _, _, a, b in found]
+
+
+def _sentencepiece_tokenizer(reader: Any, tokens: list[str], types: list[int]) -> "StudioTokenizer":
+    """Rebuild a SentencePiece (``tokenizer.ggml.model == "llama"``) tokenizer: BPE over the pieces
+    (spaces spelled ``▁``) with merges from the file or from the scores, ``<0xXX>`` byte fallback,
+    a ``▁`` prefixed to the text when ``add_space_prefix`` (the default), and the matching decoder.
+    No splitting before the merges, like llama.cpp's tokenizer.
+    Unknown and control tokens become special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    from training.core.tokenizer import StudioTokenizer
+
+    scores: list[float] = _field(reader, "tokenizer.ggml.scores") or [-float(i) for i in range(len(tokens))]
+    if len(scores) != len(tokens) or len(types) != len(tokens):
+        raise InteropError("the GGUF tokenizer's tokens, scores and token types differ in length",
+                           "the file's tokenizer metadata is damaged")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    special = {t for t, ty in zip(tokens, types) if ty in (2, 3)}  # 2: UNKNOWN, 3: CONTROL
+    user = [t for t, ty in zip(tokens, types) if ty == 4]  # 4: USER_DEFINED
+    merges_field: list[str] | None = _field(reader, "tokenizer.ggml.merges")
+    if merges_field:
+        merges = [tuple(m.split(" ", 1)) for m in merges_field]
+    else:  # the usual case: pieces that merge are the NORMAL ones (1) and unused (5), never bytes or specials
+        usable = {t for t, ty in zip(tokens, types) if ty in (1, 5)}
+        merges = _merges_from_scores(tokens, scores, usable)
+    unk_id = _field(reader, "tokenizer.ggml.unknown_token_id")
+    unk = tokens[int(unk_id)] if unk_id is not None and 0 <= int(unk_id) < len(tokens) else None
+    has_bytes = all(f"<0x{b:02X}>" in vocab for b in range(256))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=has_bytes))
+    prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", True))
+    # spaces become ▁ and the text (each span between special tokens) gets one ▁ in front, always, as
+    # in sentencepiece and llama.cpp (a Metaspace pre-tokenizer would skip it when the text already
+    # starts with a space, and " x" would decode to "x")
+    tok.normalizer = normalizers.Sequence(([normalizers.Prepend("\u2581")] if prefix else [])
+                                          + [normalizers.Replace(" ", "\u2581")])
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tok.decoder = decoders.Sequence(steps)
+    control = [t for t in tokens if t in special]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    if user:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+
+    def role(key: str) -> str | None:
+        i = _field(reader, f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    specials = {"bos": role("bos"), "eos": role("eos"), "pad": role("padding"), "unk": unk, "mask": None}
+    return StudioTokenizer(tok, special_tokens=specials, additional_special_tokens=control,
+                           chat_template=_field(reader, "tokenizer.chat_template"),
+                           model_max_length=_field(reader, "llama.context_length"))
+
+
 def tokenizer_from_gguf(reader: Any) -> "StudioTokenizer":
-    """Rebuild the byte-level BPE tokenizer stored in a GGUF file's metadata."""
+    """Rebuild the tokenizer stored in a GGUF file's metadata: byte-level BPE (``gpt2``) or
+    SentencePiece (``llama``)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     from training.core.tokenizer import StudioTokenizer
 
     kind = _field(reader, "tokenizer.ggml.model")
+    if kind == "llama":
+        return _sentencepiece_tokenizer(reader, _field(reader, "tokenizer.ggml.tokens"),
+                                        _field(reader, "tokenizer.ggml.token_type")
+                                        or [1] * len(_field(reader, "tokenizer.ggml.tokens")))
     if kind != "gpt2":
         raise InteropError(f"GGUF tokenizer type {kind!r} is not supported",
-                           "only byte-level BPE ('gpt2') tokenizers are rebuilt; import the Hugging Face folder "
-                           "of this model instead")
+                           "byte-level BPE ('gpt2') and SentencePiece ('llama') tokenizers are rebuilt; import "
+                           "the Hugging Face folder of this model instead")
     tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
     merges: list[str] = _field(reader, "tokenizer.ggml.merges") or []
     types: list[int] = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
@@ -338,6 +412,9 @@ def _tokenizer_metadata(tokenizer: "StudioTokenizer") -> dict[str, Any]:
     if model.get("type") != "BPE":
         raise InteropError(f"tokenizer model {model.get('type')!r} cannot be written to GGUF",
                            "only byte-level BPE tokenizers are exported")
+    if model.get("byte_fallback"):
+        raise InteropError("SentencePiece tokenizers (imported from a 'llama' GGUF) cannot be written to GGUF",
+                           "export the model without its tokenizer, or export a Hugging Face folder")
     vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
     size = max(vocab.values()) + 1
     tokens = [f"[PAD{i}]" for i in range(size)]

@@ -27,7 +27,7 @@ from training.core.serve.sampling import apply_repetition_penalty, sample_next
 if TYPE_CHECKING:
     from training.core.tokenizer import StudioTokenizer
 
-__all__ = ["generate", "chat", "decode_step", "GenerationError"]
+__all__ = ["generate", "chat", "decode_step", "release_decode_weights", "GenerationError"]
 
 TokenCallback = Callable[[int, int], Any]  # (row, token_id)
 
@@ -41,41 +41,103 @@ class GenerationError(ValueError):
         super().__init__(message + (f" (hint: {hint})" if hint else ""))
 
 
-def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+class _DecodeWeights:
+    """The weights of a decoding step, laid out for one-row-at-a-time matmuls: q/k/v and gate/up
+    concatenated, every matrix transposed to ``(in, out)`` and contiguous. With a handful of rows,
+    ``x @ W_t`` streams the weights in the order the GEMM kernel reads them and is 1.3-1.5x faster
+    here than ``F.linear(x, W)`` (``x @ W.T``), and two fused matmuls replace five.
+
+    Built once and kept on the model (about one extra copy of the block and output weights);
+    rebuilt when any parameter changes (``key``: storage and version of every parameter)."""
+
+    def __init__(self, model: Transformer, key: tuple[tuple[int, int], ...]) -> None:
+        self.key = key
+        self.layers = []
+        with torch.no_grad():
+            for layer in model.layers:
+                a, f = layer.attention, layer.feed_forward
+                self.layers.append((
+                    layer.attention_norm.weight,
+                    torch.cat((a.wq.weight, a.wk.weight, a.wv.weight)).t().contiguous(),  # (C, (H+2Hk)*D)
+                    a.wo.weight.t().contiguous(),  # (H*D, C)
+                    layer.ffn_norm.weight,
+                    torch.cat((f.w1.weight, f.w3.weight)).t().contiguous(),  # (C, 2F)
+                    f.w2.weight.t().contiguous(),  # (F, C)
+                ))
+            self.output = model.output.weight.t().contiguous()  # (C, V)
+
+
+def _params_key(model: Transformer) -> tuple[tuple[int, int], ...]:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def _flat_decoding_applies(model: Transformer) -> bool:
+    """The flat step reads the weights of plain ``nn.Linear`` layers; layers with their own forward
+    (adapters) or hooks go through the model's forward instead."""
+    for layer in model.layers:
+        for lin in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.attention.wo,
+                    layer.feed_forward.w1, layer.feed_forward.w2, layer.feed_forward.w3):
+            if (not isinstance(lin, torch.nn.Linear) or type(lin).forward is not torch.nn.Linear.forward
+                    or lin.bias is not None or lin._forward_hooks or lin._forward_pre_hooks):
+                return False
+    return all(type(p.data) is torch.Tensor for p in model.parameters())  # not sharded (DTensor)
+
+
+def _decode_weights(model: Transformer) -> _DecodeWeights:
+    """The model's cached :class:`_DecodeWeights`, rebuilt if a parameter changed since."""
+    key = _params_key(model)
+    cached = model.__dict__.get("_decode_weights")
+    if cached is None or cached.key != key:
+        model.__dict__["_decode_weights"] = None  # free the old copy before building the new one
+        cached = _DecodeWeights(model, key)
+        model.__dict__["_decode_weights"] = cached
+    return cached
+
+
+def release_decode_weights(model: Transformer) -> None:
+    """Drop the decoding copy of the weights that :func:`generate` keeps on ``model``."""
+    model.__dict__.pop("_decode_weights", None)
+
+
+def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, pos: int,
+                weights: _DecodeWeights | None = None) -> torch.Tensor:
     """One decoding step: final-normed hidden states ``(B, C)`` of ``tokens`` ``(B, 1)`` at ``pos``.
 
     The same maths as ``model(tokens, kv_cache=cache, start_pos=pos, return_hidden=True)``
-    (tests check they agree), written as a flat sequence of functional calls on the model's own
-    weights: no module dispatch, fused RMSNorm kernels, rotary on q and k without autograd. At
-    one token per row the step is bound by Python and kernel-launch overhead, so this is what
-    makes small models decode fast.
+    (tests check they agree), written as a flat sequence of functional calls on the transposed,
+    fused weights of :class:`_DecodeWeights`: no module dispatch, fused RMSNorm kernels, one matmul
+    for q/k/v and one for gate/up, residual adds fused into the output matmuls (``addmm``), rotary
+    on q and k in one call, and attention of each KV head's query group as one SDPA "sequence"
+    (no key/value repetition). At a few tokens per step this is what makes small models decode fast.
     """
     cfg = model.cfg
+    w = weights if weights is not None else _decode_weights(model)
     B = tokens.shape[0]
-    H, Hk, D, C = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.dim
-    eps, gqa = cfg.norm_eps, cfg.n_heads != cfg.kv_heads
+    H, Hk, D, C, Fh = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.dim, cfg.hidden_dim
+    G, eps = H // Hk, cfg.norm_eps
     cache.prepare(pos, 1, None)
+    dtype = model.tok_embeddings.weight.dtype
     if cache.positions is None:
-        cos, sin = model.rope_cos[pos:pos + 1, None], model.rope_sin[pos:pos + 1, None]  # (1, 1, D/2)
+        cos, sin = model.rope_cos[pos:pos + 1], model.rope_sin[pos:pos + 1]  # (1, D/2)
     else:
-        cos, sin = model.rope_cos[cache.positions][:, :, None], model.rope_sin[cache.positions][:, :, None]
-    cos, sin = cos.to(model.tok_embeddings.weight.dtype), sin.to(model.tok_embeddings.weight.dtype)
+        rows = cache.positions[:, 0]
+        cos, sin = model.rope_cos[rows][:, None], model.rope_sin[rows][:, None]  # (B, 1, D/2)
+    cos, sin = cos.to(dtype), sin.to(dtype)
     mask, end = cache.mask, pos + 1
-    h = F.embedding(tokens, model.tok_embeddings.weight)  # (B, 1, C)
-    for i, layer in enumerate(model.layers):
-        a, f = layer.attention, layer.feed_forward
-        x = F.rms_norm(h, (C,), layer.attention_norm.weight, eps)
-        q = rope_rotate(F.linear(x, a.wq.weight).view(B, 1, H, D), cos, sin, 1.0).transpose(1, 2)  # (B, H, 1, D)
-        k = rope_rotate(F.linear(x, a.wk.weight).view(B, 1, Hk, D), cos, sin, 1.0).transpose(1, 2)  # (B, Hk, 1, D)
-        v = F.linear(x, a.wv.weight).view(B, 1, Hk, D).transpose(1, 2)
-        cache.k[i][:, :, pos:end] = k
-        cache.v[i][:, :, pos:end] = v
-        y = F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], attn_mask=mask,
-                                           enable_gqa=gqa)  # (B, H, 1, D)
-        h = h + F.linear(y.transpose(1, 2).reshape(B, 1, H * D), a.wo.weight)
-        x = F.rms_norm(h, (C,), layer.ffn_norm.weight, eps)
-        h = h + F.linear(F.silu(F.linear(x, f.w1.weight)) * F.linear(x, f.w3.weight), f.w2.weight)
-    return F.rms_norm(h[:, 0], (C,), model.norm.weight, eps)  # (B, C)
+    h = model.tok_embeddings.weight[tokens[:, 0]]  # (B, C)
+    for i, (attn_norm, wqkv, wo, ffn_norm, w13, w2) in enumerate(w.layers):
+        x = F.rms_norm(h, (C,), attn_norm, eps)
+        qkv = torch.mm(x, wqkv).view(B, H + 2 * Hk, D)
+        qk = rope_rotate(qkv[:, :H + Hk], cos, sin, 1.0)  # (B, H + Hk, D): q heads then k heads
+        cache.k[i][:, :, pos] = qk[:, H:]
+        cache.v[i][:, :, pos] = qkv[:, H + Hk:]
+        q = qk[:, :H].view(B, Hk, G, D)  # the G query heads of a KV head as one sequence of G queries
+        y = F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end],
+                                           attn_mask=mask)  # (B, Hk, G, D)
+        h = torch.addmm(h, y.reshape(B, H * D), wo)
+        gu = torch.mm(F.rms_norm(h, (C,), ffn_norm, eps), w13)  # (B, 2F)
+        h = torch.addmm(h, F.silu(gu[:, :Fh]) * gu[:, Fh:], w2)
+    return F.rms_norm(h, (C,), model.norm.weight, eps)  # (B, C)
 
 
 @torch.inference_mode()
@@ -147,11 +209,13 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     done_list = [False] * B
 
+    flat = _flat_decoding_applies(model)
+    weights = _decode_weights(model) if flat else None
     hidden = model(tokens, attention_mask=None if bool(mask.all()) else mask, kv_cache=cache, start_pos=0,
-                   return_hidden=True)  # (B, T, C)
+                   return_hidden=True)[:, -1]  # (B, C): the last position only
     pos = longest
     for step in range(max_new_tokens):
-        logits = model.output(hidden[:, -1]).float()  # (B, V): last position only
+        logits = (torch.mm(hidden, weights.output) if weights is not None else model.output(hidden)).float()  # (B, V)
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B,)
@@ -173,7 +237,10 @@ def generate(
             break
         if seen is not None:
             seen.scatter_(1, nxt[:, None], ~done[:, None])
-        hidden = decode_step(model, nxt[:, None], cache, pos)[:, None]  # (B, 1, C)
+        if weights is not None:
+            hidden = decode_step(model, nxt[:, None], cache, pos, weights)  # (B, C)
+        else:
+            hidden = model(nxt[:, None], kv_cache=cache, start_pos=pos, return_hidden=True)[:, 0]
         pos += 1
     return outputs
 
