@@ -40,8 +40,6 @@ from training.models.datastudio import (
 
 SOURCE_INVALID = "source_invalid"
 SOURCE_DUPLICATE = "source_duplicate"
-SOURCE_TOO_LARGE = "source_too_large"
-SOURCE_UNAVAILABLE = "source_unavailable"
 SOURCE_MISSING = "source_missing"
 RECIPE_INVALID = "recipe_invalid"
 CURATION_NOT_ACTIVE = "curation_not_active"
@@ -53,8 +51,6 @@ WORKER_LOST = "worker_lost"
 HINTS = {
     SOURCE_INVALID: "Fix the field named in 'fields'; the detail says what was wrong with the input.",
     SOURCE_DUPLICATE: "This content is already imported; use the existing source in a curation run.",
-    SOURCE_TOO_LARGE: "Split the input, or raise the limit (STUDIO_SOURCE_MAX_BYTES and friends).",
-    SOURCE_UNAVAILABLE: "The detail says why it could not be fetched on this machine.",
     SOURCE_MISSING: "Pick sources that exist (GET /api/datastudio/sources/).",
     RECIPE_INVALID: "Fix the step and setting named in 'fields' (see GET /api/datastudio/recipes/ for the steps).",
     CURATION_NOT_ACTIVE: "Only queued or running curation runs can be cancelled.",

@@ -4,7 +4,6 @@ every view declares ``required_role`` (builders; the data stage is theirs)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
