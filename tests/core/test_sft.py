@@ -102,6 +102,17 @@ def test_prompt_completion_records_are_chats() -> None:
         record_messages({"text": "plain"})
 
 
+def test_unusable_records_are_skipped_with_the_reason(chat_base: dict[str, Path]) -> None:
+    from training.core.data.sft import tokenize_examples
+
+    tok = StudioTokenizer.load(chat_base["tokenizer"])
+    records = [{"messages": CONVERSATION}, {"messages": [{"role": "tool", "content": "x"}, CONVERSATION[2]]},
+               {"prompt": "Hi"}]
+    examples, problems = tokenize_examples(records, tok)
+    assert len(examples) == 1 and len(problems) == 2
+    assert problems[0].startswith("record 2: Unknown chat role tool") and problems[1].startswith("record 3:")
+
+
 def test_packing_keeps_whole_examples_in_order() -> None:
     examples = [SFTExample(tuple(range(100 * k, 100 * k + n)), tuple([False] + [True] * (n - 1)))
                 for k, n in enumerate([10, 20, 30, 40, 5, 50])]

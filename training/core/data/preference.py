@@ -123,13 +123,15 @@ def tokenize_pairs(records: list[Record], tokenizer: StudioTokenizer, *, max_seq
                    max_prompt_len: int | None = None, use_margin: bool = True
                    ) -> tuple[list[PreferencePair], list[str]]:
     """Tokenize many records; returns ``(pairs, problems)`` where ``problems`` says why records were skipped."""
+    from jinja2 import TemplateError  # the chat template refuses, e.g., an unknown role
+
     pairs: list[PreferencePair] = []
     problems: list[str] = []
     for i, rec in enumerate(records):
         try:
             pairs.append(tokenize_pair(rec, tokenizer, max_seq_len=max_seq_len, max_prompt_len=max_prompt_len,
                                        use_margin=use_margin))
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, TemplateError) as e:
             problems.append(f"record {i + 1}: {e}")
     return pairs, problems
 

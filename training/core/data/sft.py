@@ -105,12 +105,14 @@ def tokenize_chat(messages: Messages, tokenizer: StudioTokenizer, *, assistant_o
 def tokenize_examples(records: list[Record], tokenizer: StudioTokenizer, *, assistant_only_loss: bool = True
                       ) -> tuple[list[SFTExample], list[str]]:
     """Tokenize many records; returns ``(examples, problems)`` (why records were skipped)."""
+    from jinja2 import TemplateError  # the chat template refuses, e.g., an unknown role
+
     examples: list[SFTExample] = []
     problems: list[str] = []
     for i, rec in enumerate(records):
         try:
             ids, mask = tokenize_chat(record_messages(rec), tokenizer, assistant_only_loss=assistant_only_loss)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, TemplateError) as e:
             problems.append(f"record {i + 1}: {getattr(e, 'message', e)}")
             continue
         examples.append(SFTExample(tuple(ids), tuple(mask)))
