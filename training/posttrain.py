@@ -426,20 +426,20 @@ def launch_config(run: Any) -> tuple[Path, dict[str, Any]]:
 
 #: Charts of each kind's run page: (title, metrics drawn together), metric names as the loops emit them.
 CHARTS: dict[str, list[tuple[str, list[str]]]] = {
-    "sft": [("Loss", ["loss", "val/loss", "eval/loss"]), ("Perplexity", ["val/perplexity", "eval/perplexity"]),
-            ("Learning rate", ["lr"]), ("Gradient norm", ["grad_norm"]), ("Tokens per second", ["tokens/s"])],
-    "reward": [("Loss", ["loss", "val/loss", "eval/loss"]),
-               ("Pairwise accuracy", ["accuracy", "val/accuracy", "eval/accuracy"]),
-               ("Margin", ["margin", "val/margin", "eval/margin"]),
-               ("Rewards", ["mean_reward", "min_reward", "max_reward"])],
-    "dpo": [("Loss", ["loss", "val/loss", "eval/loss"]),
+    "sft": [("Loss", ["loss", "eval/loss"]), ("Perplexity", ["eval/perplexity"]), ("Learning rate", ["lr"]),
+            ("Gradient norm", ["grad_norm"]), ("Tokens per second", ["tokens/s"])],
+    "reward": [("Loss", ["loss", "eval/loss"]), ("Pairwise accuracy", ["accuracy", "eval/accuracy"]),
+               ("Margin", ["margin", "eval/margin"]),
+               ("Rewards", ["mean_reward", "min_reward", "max_reward", "eval/mean_reward"])],
+    "dpo": [("Loss", ["loss", "eval/loss"]),
             ("Implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
-            ("Preference accuracy", ["rewards/accuracies", "val/rewards/accuracies", "eval/rewards/accuracies"]),
+            ("Preference accuracy", ["rewards/accuracies", "eval/rewards/accuracies"]),
             ("Log-probabilities", ["logps/chosen", "logps/rejected"])],
     "ppo": [("Reward", ["objective/rlhf_reward", "objective/scores"]), ("KL to the reference", ["objective/kl"]),
             ("Entropy", ["objective/entropy"]), ("Policy updates", ["policy/approxkl_avg", "policy/clipfrac_avg"]),
             ("Probability ratio", ["val/ratio"]), ("Losses", ["loss/policy_avg", "loss/value_avg"]),
-            ("Seconds per step", ["time/generation", "time/training"])],
+            ("Answers", ["val/response_length", "val/eos_fraction"]),
+            ("Seconds per step", ["time/generation", "time/scoring", "time/training"])],
 }
 
 def health_rules(config: dict[str, Any]) -> dict[str, Any]:

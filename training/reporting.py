@@ -21,6 +21,9 @@ from training.events import publish_run
 from training.models import Checkpoint, MetricPoint, Run
 
 MAX_POINTS = int(os.environ.get("STUDIO_METRIC_POINTS", "4000"))
+# metrics copied onto a checkpoint's record (pretraining, then fine-tuning and RLHF runs)
+CHECKPOINT_METRICS = ("loss", "val/loss", "val/perplexity", "eval/loss", "eval/accuracy", "accuracy",
+                      "rewards/accuracies", "rewards/margins", "objective/rlhf_reward", "objective/kl")
 
 
 def stride_for(total_steps: int, max_points: int = MAX_POINTS) -> int:
@@ -102,7 +105,7 @@ class RunReporter:
                 MetricPoint.objects.bulk_create(points)
             for step, path in checkpoints:
                 metrics = {k: v for k, v in {**self.last_train, **self.last_eval}.items()
-                           if k in ("loss", "val/loss", "val/perplexity")}
+                           if k in CHECKPOINT_METRICS}
                 Checkpoint.objects.update_or_create(run_id=self.run_id, step=step,
                                                     defaults={"path": path, "metrics": metrics})
             if step_now is not None:

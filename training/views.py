@@ -474,7 +474,8 @@ def run_detail_page(request: HttpRequest, pk: int) -> HttpResponse:
         "stage": _stage(stage), "run": run, "posttrain": posttrain.run_page_context(run),
         "config_json": json.dumps(run.config, indent=2),
         "checkpoints": [{"pk": c.pk, "step": c.step, "path": c.path, "loss": c.metrics.get("loss"),
-                         "val_loss": c.metrics.get("val/loss"), "metrics": c.metrics} for c in run.checkpoints.all()],
+                         "val_loss": c.metrics.get("val/loss", c.metrics.get("eval/loss")), "metrics": c.metrics}
+                        for c in run.checkpoints.all()],
         "last_event": last_event, "log": log_tail(run.log_path, 200, max_bytes=400_000),
         "children": Run.objects.filter(parent_checkpoint__run=run)[:20], "clones": run.clones.all()[:20],
         "produced_tokenizer": getattr(run, "produced_tokenizer", None) if run.kind == "tokenizer" else None,

