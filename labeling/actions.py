@@ -454,7 +454,7 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
 
 def _own_active_lock(assignment: Assignment, user: Any, doing: str) -> Assignment:
     """The assignment row, locked for update; refused unless it is ``user``'s and still active."""
-    a = Assignment.objects.select_for_update().select_related("project").get(pk=assignment.pk)
+    a = Assignment.objects.select_for_update(of=("self",)).select_related("project").get(pk=assignment.pk)
     if a.annotator_id != user.pk:
         raise StudioAPIError("not_your_item", "This item is locked for another annotator.",
                              "Ask for your next item.", status_code=403)
@@ -601,7 +601,10 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
                                          "Use a fresh random token per judgement.", status_code=409)
                 return existing, False
         try:
-            a = Assignment.objects.select_for_update().select_related("item", "item__project").get(pk=assignment_id)
+            # lock the assignment row only: locking the joined item and project rows as well would queue
+            # every submission of a project behind one another on PostgreSQL
+            a = (Assignment.objects.select_for_update(of=("self",)).select_related("item", "item__project")
+                 .get(pk=assignment_id))
         except Assignment.DoesNotExist:
             raise StudioAPIError("not_found", f"No assignment {assignment_id}.", "Ask for your next item.",
                                  status_code=404) from None
@@ -641,7 +644,7 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
 def edit_judgement(judgement: Judgement, user: Any, data: dict[str, Any]) -> Judgement:
     """Change one's own judgement within the project's edit window."""
     with write_transaction():
-        j = Judgement.objects.select_for_update().select_related("item", "project").get(pk=judgement.pk)
+        j = Judgement.objects.select_for_update(of=("self",)).select_related("item", "project").get(pk=judgement.pk)
         if j.annotator_id != user.pk:
             raise StudioAPIError("not_your_judgement", "You can only edit your own judgements.",
                                  status_code=403)

@@ -5,9 +5,16 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+import django  # noqa: E402
 
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from django.conf import settings  # noqa: E402
+
+from studio.asgi_threads import PooledThreadsASGIHandler  # noqa: E402
+
+# each request's sync code on one of STUDIO_WEB_THREADS long-lived threads (connections persist)
+django_asgi_app = PooledThreadsASGIHandler(settings.STUDIO_WEB_THREADS)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

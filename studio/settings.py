@@ -103,6 +103,8 @@ else:
                 "timeout": 20,
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
             },
+            # web requests run on long-lived threads (studio/asgi_threads.py): keep their connections
+            "CONN_MAX_AGE": env_int("STUDIO_SQLITE_CONN_MAX_AGE", 300, minimum=0),
             # one test database per pytest process, so that two test sessions never share a file
             "TEST": {"NAME": DATA_DIR / f"test-studio-{os.getpid()}.sqlite3"},
         }
@@ -149,6 +151,9 @@ STUDIO_WEB_SERVER = os.environ.get("STUDIO_WEB_SERVER", "uvicorn").strip() or "u
 if STUDIO_WEB_SERVER not in ("uvicorn", "daphne"):
     raise SettingError("STUDIO_WEB_SERVER", f"unknown web server {STUDIO_WEB_SERVER!r}", "uvicorn")
 STUDIO_ACCESS_LOG = env_bool("STUDIO_ACCESS_LOG", True)
+# threads per web process that run requests' sync code (studio/asgi_threads.py); each keeps its
+# database connection between requests
+STUDIO_WEB_THREADS = env_int("STUDIO_WEB_THREADS", 16, minimum=1)
 
 # ---- auth, API --------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
