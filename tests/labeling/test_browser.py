@@ -100,3 +100,20 @@ def test_builder_creates_a_project_and_imports(browser, studio_server):  # noqa:
     page.wait_for_load_state()
     page.locator("#snapshots").get_by_text("v1").wait_for()
     assert page.locator("#live-status").inner_text() in ("live", "connecting…", "reconnecting…")
+
+
+def test_the_annotator_page_extends_the_lock_while_the_annotator_works(browser, studio_server):  # noqa: ANN001
+    pid = setup_project(studio_server, annotators=[], password="unused-pass-1", items=2, name="browser heartbeat",
+                        lock_ttl_seconds=15)  # a beat every 5 s
+    page = new_page(browser)
+    sign_in(page, studio_server, "annotator", "annotator-demo-pass")
+    page.goto(f"{studio_server.url}/labeling/{pid}/")
+    page.locator("#task-body").wait_for(state="visible")
+    assignment = page.locator("#task").get_attribute("data-assignment")
+    session = studio_server.session("annotator", "annotator-demo-pass")
+    page.keyboard.press("1")  # working on the item: the next beat extends the lock
+    page.wait_for_function("document.getElementById('task').dataset.lockExtended", timeout=60_000)
+    extended = page.locator("#task").get_attribute("data-lock-extended")
+    # the server holds the extended lock: the same item comes back, with the new expiry
+    _, current = session.request("POST", f"/api/labeling/projects/{pid}/next/")
+    assert str(current["assignment"]) == assignment and current["expires_at"] == extended
