@@ -211,3 +211,4 @@ def test_checkpoint_loads_as_a_chat_model(tiny_policy: Path, hhh_records: list[d
     model, tok = load_model_and_tokenizer(str(tmp_path / "run"))
     assert tok is not None and tok.fingerprint == load_model_and_tokenizer(str(tiny_policy))[1].fingerprint
     assert len(generate(model, [tok.encode("Hello")], max_new_tokens=3)[0]) == 3
+

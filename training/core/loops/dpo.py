@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn as nn
@@ -34,10 +35,16 @@ from training.core.data.preference import PreferencePair, collate_pairs, tokeniz
 from training.core.data.records import IndexSampler, read_records, split_records
 from training.core.distributed import DistContext, all_reduce_max, broadcast_object, destroy_distributed, init_distributed
 from training.core.losses import dpo_loss, token_logprobs
-from training.core.loops.common import checkpoint_config, prepare_out_dir, resolve_resume
+from training.core.loops.common import (
+    check_seq_len,
+    checkpoint_config,
+    optimizer_step,
+    prepare_out_dir,
+    resolve_resume,
+)
 from training.core.loops.policy import amp_factory, check_same_base, frozen, load_model_for, shard
 
-__all__ = ["train", "sequence_logps", "load_pairs", "METRICS"]
+__all__ = ["train", "sequence_logps", "dpo_batch_losses", "load_pairs", "METRICS"]
 
 #: Names of the metrics a DPO step reports (evaluation: the same with an ``eval/`` prefix).
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -59,6 +66,28 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], *, average:
     if average:
         total = total / (targets != -100).sum(-1).clamp(min=1)
     return total
+
+
+def dpo_batch_losses(policy: nn.Module, ref: nn.Module | None, batch: dict[str, torch.Tensor], cfg: DPOConfig,
+                     amp: Callable[[], ContextManager[Any]] = nullcontext, ref_rows: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO on one collated batch of B pairs: ``(losses, chosen_rewards, rejected_rewards, chosen_logps,
+    rejected_logps)``, each (B,). The chosen and rejected answers go through the policy in one
+    concatenated forward; the reference's log-probs come from ``ref_rows`` (B, 2) when precomputed,
+    else from a no-grad forward of ``ref``. IPO compares per-token mean log-probs.
+    """
+    b = batch["input_ids"].shape[0] // 2
+    average = cfg.loss_type == "ipo"
+    with amp():
+        logps = sequence_logps(policy, batch, average=average).float()  # (2B,): chosen rows, then rejected
+        if ref_rows is None:
+            assert ref is not None, "no reference model and no precomputed reference log-probs"
+            with torch.no_grad():
+                ref_lp = sequence_logps(ref, batch, average=average).float()
+            ref_rows = torch.stack([ref_lp[:b], ref_lp[b:]], dim=1)
+    losses, rc, rr = dpo_loss(logps[:b], logps[b:], ref_rows[:, 0], ref_rows[:, 1], beta=cfg.beta,
+                              loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+    return losses, rc, rr, logps[:b], logps[b:]
 
 
 def load_pairs(cfg: DPOConfig, tokenizer: Any) -> tuple[list[PreferencePair], list[PreferencePair], list[str]]:
@@ -99,10 +128,11 @@ class _Scores:
         self.t = torch.zeros(7, dtype=torch.float64, device=device)
 
     def add(self, losses: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, lc: torch.Tensor,
-            lr: torch.Tensor) -> None:
-        self.t += torch.stack([losses.detach().sum(), rc.sum(), rr.sum(), (rc > rr).float().sum(),
-                               lc.detach().sum(), lr.detach().sum(),
-                               torch.tensor(float(len(losses)), device=losses.device)]).double()
+            lr: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        w = torch.ones_like(rc) if keep is None else keep.to(rc.dtype)  # (B,) 1 for pairs that count
+        self.t += torch.stack([(losses.detach() * w).sum(), (rc * w).sum(), (rr * w).sum(),
+                               ((rc > rr).float() * w).sum(), (lc.detach() * w).sum(), (lr.detach() * w).sum(),
+                               w.sum()]).double()
 
     def metrics(self, ctx: DistContext, prefix: str = "") -> dict[str, float]:
         if ctx.is_distributed:
@@ -125,6 +155,7 @@ def _train(cfg: DPOConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
     n_records = len(read_records(cfg.train_file, "train_file"))
     _refuse_too_few(n_records, cfg, cfg.train_file, ctx)
     policy, tok, base = load_model_for(cfg, cfg.init_from, "init_from")
+    check_seq_len(cfg, policy.cfg)
     train_pairs, eval_pairs, problems = load_pairs(cfg, tok)
     for p in problems[:20]:
         cb.on_log(f"skipped {p}")
@@ -201,31 +232,25 @@ def _train(cfg: DPOConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
         cb.on_checkpoint(step, str(path))
         return str(path)
 
-    def pair_losses(pairs: list[PreferencePair], ref_rows: torch.Tensor | None,
+    def pair_losses(pairs: list[PreferencePair], ref_rows: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """DPO losses, implicit rewards and policy log-probs of a micro-batch of pairs."""
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in collate_pairs(pairs, tok.pad_id).items()}
-        b = len(pairs)
-        with amp():
-            logps = sequence_logps(policy, batch, average=average).float()  # (2b,): chosen, then rejected
-            if ref_rows is None:
-                with torch.no_grad():
-                    ref_lp = sequence_logps(ref, batch, average=average).float()
-                ref_rows = torch.stack([ref_lp[:b], ref_lp[b:]], dim=1)
-        losses, rc, rr = dpo_loss(logps[:b], logps[b:], ref_rows[:, 0], ref_rows[:, 1], beta=cfg.beta,
-                                  loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
-        return losses, rc, rr, logps[:b], logps[b:]
+        return dpo_batch_losses(policy, ref, batch, cfg, amp, ref_rows)
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
         policy.eval()
         scores = _Scores(ctx.device)
-        # every rank scores its own slice of the eval pairs
-        mine = list(range(ctx.rank, len(eval_pairs), ctx.world_size))
-        for start in range(0, len(mine), cfg.micro_batch_size):
-            idx = mine[start:start + cfg.micro_batch_size]
+        # every rank scores its own slice of the eval pairs, in the same number of forwards (FSDP's are
+        # collective): a slice short of the others is filled with pair 0, which does not count
+        per_rank = -(-len(eval_pairs) // ctx.world_size)
+        mine = [ctx.rank + ctx.world_size * k for k in range(per_rank)]
+        for start in range(0, per_rank, cfg.micro_batch_size):
+            chunk = mine[start:start + cfg.micro_batch_size]
+            idx = [i if i < len(eval_pairs) else 0 for i in chunk]
+            keep = torch.tensor([i < len(eval_pairs) for i in chunk], device=ctx.device)
             rows = ref_table["eval"][idx] if ref_table else None
-            scores.add(*pair_losses([eval_pairs[i] for i in idx], rows))
+            scores.add(*pair_losses([eval_pairs[i] for i in idx], rows), keep=keep)
         policy.train()
         return scores.metrics(ctx, prefix="eval/")
 
@@ -247,14 +272,7 @@ def _train(cfg: DPOConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
                 losses, rc, rr, lc, lr_ = pair_losses([train_pairs[i] for i in idx], rows)
                 (losses.mean() / cfg.grad_accum_steps).backward()
                 scores.add(losses, rc, rr, lc, lr_)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), foreach=True)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.optim.grad_clip)
             step += 1
             steps_done += 1
             if ctx.device.type == "cuda":
