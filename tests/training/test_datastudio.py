@@ -319,12 +319,33 @@ def _events(work: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")] if path.exists() else []
 
 
-def test_child_cancel_keeps_finished_shards_and_resume_equals_uninterrupted(tmp_path):
-    """SIGTERM stops the child at a batch boundary (exit 3, finished shards kept); resuming
-    produces exactly the documents of an uninterrupted run."""
+def test_forked_workers_of_the_child_keep_the_default_sigterm():
+    """The child catches SIGTERM (to stop after a batch) but the processes it forks (the runner's
+    worker pool) must not: stopping the pool terminates them with SIGTERM and waits for them."""
+    code = (
+        "import os, signal\n"
+        "from training.datastudio.child import install_stop_handler\n"
+        "stop = install_stop_handler()\n"
+        "assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print(os.waitstatus_to_exitcode(status), stop['requested'])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["0", "True"], out.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_child_cancel_keeps_finished_shards_and_resume_equals_uninterrupted(tmp_path, workers):  # noqa: ANN001
+    """SIGTERM to the child alone (as the studio sends it) stops it after a batch (exit 3, finished
+    shards kept, worker pool stopped); resuming produces exactly the documents of an uninterrupted run."""
     inp = tmp_path / "in.jsonl"
     inp.write_bytes(docs_jsonl(1200, dup_every=7))
-    spec = {"inputs": [str(inp)], "recipe": LIGHT, "shard_docs": 20, "workers": 1}
+    spec = {"inputs": [str(inp)], "recipe": LIGHT, "shard_docs": 20, "workers": workers}
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     ref_dir.mkdir()
     cut_dir.mkdir()

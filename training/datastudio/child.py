@@ -3,15 +3,16 @@
 It imports no Django. It reads the run's spec (inputs, recipe, output folder, workers, shard
 size, format, resume), calls :func:`training.core.curate.runner.run_recipe` and writes JSON lines
 to the events file: ``start``, ``progress`` (at most every ``--every`` seconds, plus the last),
-``end`` with the summary. SIGTERM (a cancel) makes ``should_stop`` true: the runner stops at the
-next shard boundary, keeping finished shards for a resume, and the process exits with
-:data:`EXIT_CANCELLED`. Exit codes: 0 done, 2 invalid recipe or input, 3 cancelled, 1 crash.
+``end`` with the summary. SIGTERM to this process (a cancel; the studio signals it alone, not its
+worker pool) makes ``should_stop`` true: the runner stops after the current batch, keeping the
+finished shards for a resume, and the process exits with :data:`EXIT_CANCELLED`. Exit codes: 0 done, 2 invalid recipe or input, 3 cancelled, 1 crash.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -51,6 +52,20 @@ class EventWriter:
             self.pending = None
 
 
+def install_stop_handler() -> dict[str, bool]:
+    """SIGTERM sets ``stop["requested"]`` in this process only. Processes forked from it (the
+    runner's worker pool) get the default SIGTERM back, so that stopping the pool — which
+    terminates its workers with SIGTERM — never waits on a worker that caught the signal."""
+    stop = {"requested": False}
+
+    def on_term(signum: int, frame: Any) -> None:  # noqa: ARG001
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, type=Path)
@@ -58,12 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=0.5, help="seconds between progress events")
     args = parser.parse_args(argv)
 
-    stop = {"requested": False}
-
-    def on_term(signum: int, frame: Any) -> None:  # noqa: ARG001
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop = install_stop_handler()
     events = EventWriter(args.events, args.every)
     spec = json.loads(args.spec.read_text(encoding="utf-8"))
     events.write("start", out_dir=spec["out_dir"], resume=spec.get("resume", False))

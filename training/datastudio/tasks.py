@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from typing import Any
@@ -55,6 +57,19 @@ def _failure(run: CurationRun, outcome: Outcome) -> dict[str, Any]:
             "log_tail": tail}
 
 
+class CurationProcess(ChildProcess):
+    """The curation child: a cancel signals the child alone (it stops its worker pool itself after
+    the current batch); only the SIGKILL after the grace period goes to the whole process group."""
+
+    def terminate(self) -> None:
+        if self.term_sent_at is None:
+            self.term_sent_at = time.monotonic()
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
 class ProgressRelay:
     """Turns the child's events into stored progress and (throttled) live events."""
 
@@ -87,7 +102,7 @@ def _curate(run: CurationRun) -> str:
     cmd = [sys.executable, "-m", "training.datastudio.child", "--spec", str(spec_path), "--events", str(events)]
     tail = EventTail(events)
     relay = ProgressRelay(run.pk)
-    child = ChildProcess(cmd, child_env(data_dir=settings.DATA_DIR), run.log_path)
+    child = CurationProcess(cmd, child_env(data_dir=settings.DATA_DIR), run.log_path)
     try:
         actions.curation_heartbeat(run.pk, child.pid)
         outcome = supervise(child, tail, on_events=relay.handle,
