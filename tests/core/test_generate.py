@@ -224,3 +224,21 @@ def test_layers_with_their_own_forward_decode_through_the_model():
         ref.layers[0].feed_forward.w2 = torch.nn.Linear(ref.cfg.hidden_dim, ref.cfg.dim, bias=False)
         ref.layers[0].feed_forward.w2.weight.copy_(2.0 * model.layers[0].feed_forward.w2.weight)
     assert generate(model, [PROMPTS[2]], max_new_tokens=10) == [reference_greedy(ref, PROMPTS[2], 10)]
+
+
+def test_lora_adapted_model_decodes_with_its_merged_weights():
+    from training.core.lora import apply_lora
+
+    model = make(5)
+    apply_lora(model, rank=4, alpha=8.0, seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_b"):
+                p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    out = generate(model, [PROMPTS[0]], max_new_tokens=12)
+    assert out == [reference_greedy(model, PROMPTS[0], 12)]
+    with torch.no_grad():  # an update of the adapters alone is seen by the next generate
+        for name, p in model.named_parameters():
+            if name.endswith("lora_b"):
+                p.mul_(-1.0)
+    assert generate(model, [PROMPTS[0]], max_new_tokens=12) == [reference_greedy(model, PROMPTS[0], 12)]

@@ -279,3 +279,23 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
     assert got.dtype == torch.float32
     assert abs(got.item() - ref.item()) <= 0.05 * ref.item()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_rmsnorm_training_backward_equals_autograd_of_the_formula():
+    """The hand-written RMSNorm backward (training path) against autograd through Llama's formula."""
+    from training.core.model import RMSNorm
+
+    g = torch.Generator().manual_seed(3)
+    norm = RMSNorm(48, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48, generator=g) * 0.3 + 1.0)
+    x = (torch.randn(4, 7, 48, generator=g) * 2.0).requires_grad_()
+    upstream = torch.randn(4, 7, 48, generator=g)
+    norm(x).backward(upstream)
+    got_x, got_w = x.grad.clone(), norm.weight.grad.clone()
+    x.grad, w = None, norm.weight.detach().clone().requires_grad_()
+    ref = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    ref.backward(upstream)
+    assert torch.allclose(norm(x), ref, atol=1e-6, rtol=0)
+    assert torch.allclose(got_x, x.grad, atol=1e-5, rtol=0)
+    assert torch.allclose(got_w, w.grad, atol=1e-4, rtol=0)

@@ -135,12 +135,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, h.shape[0], chunk):
             hc, tc = h[start:start + chunk], targets[start:start + chunk]  # (c, C), (c,)
             logits = (F.linear(hc, weight, bias)).float()  # (c, V)
-            lse = torch.logsumexp(logits, dim=-1)  # (c,)
-            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            picked = logits.gather(1, tc[:, None])  # (c, 1) logits of the targets
+            top = logits.amax(-1, keepdim=True)  # (c, 1)
+            probs = logits.sub_(top).exp_()  # in place: unnormalised softmax, 4 passes in all
+            norm = probs.sum(-1, keepdim=True)  # with logsumexp + softmax it would be 7
+            total += (norm.log() + top - picked).sum()  # log-sum-exp - target logit
             if grad_h is None and grad_w is None and grad_b is None:
                 continue
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            probs.scatter_add_(1, tc[:, None], torch.full_like(lse[:, None], -1.0))  # - one-hot
+            probs.div_(norm)  # softmax
+            probs.scatter_add_(1, tc[:, None], torch.full_like(picked, -1.0))  # - one-hot
             g = probs.to(h.dtype)  # d(sum loss)/d(logits), (c, V)
             if grad_h is not None:
                 torch.mm(g, weight, out=grad_h[start:start + chunk])
@@ -276,6 +279,30 @@ class KVCache:
 # Modules
 # --------------------------------------------------------------------------------------------
 
+class _RMSNorm(torch.autograd.Function):
+    """fp32 RMSNorm with a hand-written backward: 3 passes forward and 6 backward over (N, C)
+    instead of autograd's chain through pow / mean / rsqrt / mul (about 1.4x faster on CPU).
+    ``dx = rstd * (g w - x_hat * mean(g w * x_hat))``, ``dw = sum_n g * x_hat``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        dim = x.shape[-1]
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(dim).add_(eps).rsqrt_()  # (..., 1)
+        ctx.save_for_backward(x, weight, rstd)
+        return torch.mul(x, rstd).mul_(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        x, weight, rstd = ctx.saved_tensors
+        dim = x.shape[-1]
+        x_hat = x * rstd
+        gw = grad * weight
+        mean_dot = torch.linalg.vecdot(gw, x_hat).unsqueeze(-1).div_(dim)  # (..., 1)
+        grad_x = torch.addcmul(gw, x_hat, mean_dot, value=-1.0).mul_(rstd)
+        grad_w = x_hat.mul_(grad).reshape(-1, dim).sum(0)
+        return grad_x, grad_w, None
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm, computed in fp32 like Llama: ``w * x / sqrt(mean(x^2) + eps)``."""
 
@@ -285,8 +312,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() and x.dtype == torch.float32:  # one fused kernel, same numbers
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling():
+            if not torch.is_grad_enabled():  # one fused kernel, same numbers
+                return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+            if type(self.weight) is nn.Parameter and type(x) is torch.Tensor:  # not under FSDP's DTensors
+                return _RMSNorm.apply(x, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -330,6 +360,33 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
 
 
+class _SwiGLU(torch.autograd.Function):
+    """``silu(x W1^T) * (x W3^T)`` from the concatenated ``W13 = [W1; W3]`` with a hand-written
+    backward that writes the gate and up gradients straight into one (N, 2F) buffer (autograd
+    would build both, then concatenate them) and keeps only ``x`` and the projections."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w13: Tensor) -> Tensor:  # type: ignore[override]
+        gu = F.linear(x, w13)  # (..., 2F)
+        half = gu.shape[-1] // 2
+        ctx.save_for_backward(x, w13, gu)
+        return F.silu(gu[..., :half]).mul_(gu[..., half:])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, w13, gu = ctx.saved_tensors
+        half = gu.shape[-1] // 2
+        gate, up = gu[..., :half], gu[..., half:]
+        grad_gu = torch.empty_like(gu)
+        torch.mul(F.silu(gate), grad, out=grad_gu[..., half:])  # d/d(up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gu[..., :half])  # d/d(gate)
+        flat = grad_gu.reshape(-1, gu.shape[-1])  # (N, 2F)
+        need_x, need_w = ctx.needs_input_grad
+        grad_x = torch.mm(flat, w13).view(x.shape) if need_x else None
+        grad_w = torch.mm(flat.t(), x.reshape(-1, x.shape[-1])) if need_w else None  # frozen (LoRA base): skipped
+        return grad_x, grad_w
+
+
 class FeedForward(nn.Module):
     """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)`` (w1 gate, w3 up, w2 down)."""
 
@@ -341,7 +398,11 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled():  # training: gate and up projections in one matmul
-            gate, up = F.linear(x, torch.cat((self.w1.weight, self.w3.weight))).chunk(2, dim=-1)
+            w13 = torch.cat((self.w1.weight, self.w3.weight))  # (2F, C)
+            if (not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type)
+                    and x.dtype == w13.dtype and type(x) is torch.Tensor and type(w13) is torch.Tensor):
+                return self.w2(_SwiGLU.apply(x, w13))
+            gate, up = F.linear(x, w13).chunk(2, dim=-1)
         else:
             gate, up = self.w1(x), self.w3(x)
         return self.w2(F.silu(gate) * up)

@@ -72,13 +72,17 @@ def _params_key(model: Transformer) -> tuple[tuple[int, int], ...]:
 
 
 def _flat_decoding_applies(model: Transformer) -> bool:
-    """The flat step reads the weights of plain ``nn.Linear`` layers; layers with their own forward
-    (adapters) or hooks go through the model's forward instead."""
+    """The flat step reads ``.weight`` of plain ``nn.Linear`` layers and of LoRA layers (whose
+    ``weight`` is the merged ``W + s B A``); layers with any other forward or with hooks go through
+    the model's forward instead."""
+    from training.core.lora import LoRALinear
+
     for layer in model.layers:
         for lin in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.attention.wo,
                     layer.feed_forward.w1, layer.feed_forward.w2, layer.feed_forward.w3):
-            if (not isinstance(lin, torch.nn.Linear) or type(lin).forward is not torch.nn.Linear.forward
-                    or lin.bias is not None or lin._forward_hooks or lin._forward_pre_hooks):
+            plain = (isinstance(lin, torch.nn.Linear) and type(lin).forward is torch.nn.Linear.forward
+                     and lin.bias is None) or type(lin) is LoRALinear
+            if not plain or lin._forward_hooks or lin._forward_pre_hooks:
                 return False
     return all(type(p.data) is torch.Tensor for p in model.parameters())  # not sharded (DTensor)
 
