@@ -304,3 +304,49 @@ def test_cli_runs_ppo_and_the_policy_chats(tiny_policy: Path, hhh_records: list[
     bad = main(["ppo", "--config", str(cfg_file), "--set", "reward_fn=nope", "--quiet"])
     assert bad == 2
 
+
+@pytest.mark.slow
+def test_two_rank_fsdp_run_completes(tiny_policy: Path, hhh_records: list[dict], tmp_path: Path) -> None:
+    """torchrun, 2 CPU ranks: policy, reference and reward model sharded; rollouts from a whole-weight copy."""
+    from .test_sft import torchrun
+
+    rm = _reward_checkpoint(tiny_policy, hhh_records, tmp_path / "rm_run")
+    train_file = _prompts(hhh_records, tmp_path / "prompts.jsonl", 16)
+    events = torchrun("ppo", _cfg(tiny_policy, train_file, tmp_path / "two", steps=2, micro_batch_size=2,
+                                  reward_fn="", reward_model=str(rm)), tmp_path)
+    steps = [e["metrics"] for e in events if e["event"] == "step"]
+    assert len(steps) == 2 and all(math.isfinite(m["objective/scores"]) for m in steps)
+    assert steps[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    model = load_model(find_checkpoint(tmp_path / "two"))  # a 2-rank checkpoint loads in one process
+    assert isinstance(model, Transformer)
+
+
+def test_sigterm_checkpoints_and_exits_cancelled(tiny_policy: Path, hhh_records: list[dict], tmp_path: Path) -> None:
+    """A SIGTERM (the studio's cancel) ends the step, writes a checkpoint, exit code 3; resume continues."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train_file = _prompts(hhh_records, tmp_path / "prompts.jsonl", 16)
+    cfg = _cfg(tiny_policy, train_file, tmp_path / "run", steps=100_000)
+    config_file, events = tmp_path / "run.json", tmp_path / "events.jsonl"
+    config_file.write_text(cfg.to_json())
+    proc = subprocess.Popen([sys.executable, "-m", "training.core.cli", "ppo", "-q", "--config", str(config_file),
+                             "--events", str(events)], cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not (events.exists() and '"event": "step"' in events.read_text()):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err[-3000:]
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    end = lines[-1]["summary"]
+    assert end["status"] == "cancelled" and 0 < end["step"] < 100_000
+    assert any(e["event"] == "checkpoint" and e["step"] == end["step"] for e in lines)
+    summary = train(cfg.replace(steps=end["step"] + 1, resume_from="auto"), RecordingCallbacks())
+    assert summary["start_step"] == end["step"] and summary["status"] == "completed"
