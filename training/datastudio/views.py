@@ -325,21 +325,29 @@ class CurationReportView(APIView):
         return Response(_need_report(get_object_or_404(CurationRun, pk=pk)))
 
 
-def _paging(request) -> tuple[int, int]:  # noqa: ANN001
+def _page(request, rows: Any) -> dict[str, Any]:  # noqa: ANN001
+    """One page (``?offset=&limit=``, at most 500) of an iterator: ``{offset, limit, results, next_offset}``."""
+    from itertools import islice
+
     params = request.query_params
     for key in ("offset", "limit"):
         if params.get(key) and not params[key].isdigit():
             raise StudioAPIError("invalid", f"'{key}' must be a non-negative integer.", "e.g. ?offset=0&limit=50", 400,
                                  {key: ["a non-negative integer"]})
-    return int(params.get("offset") or 0), min(max(int(params.get("limit") or 50), 1), 500)
+    offset, limit = int(params.get("offset") or 0), min(max(int(params.get("limit") or 50), 1), 500)
+    results = list(islice(rows, offset, offset + limit + 1))
+    return {"offset": offset, "limit": limit, "results": results[:limit],
+            "next_offset": offset + limit if len(results) > limit else None}
 
 
 def _texts_of(run: CurationRun, ids: set[str], max_chars: int = 600) -> dict[str, str]:
     """The input text of the documents ``ids`` (one streaming pass over the run's sources)."""
     found: dict[str, str] = {}
     for src in run.sources.order_by("id"):
-        if len(found) == len(ids) or not src.documents_file.exists():
+        if len(found) == len(ids):
             break
+        if not src.documents_file.exists():
+            continue
         with open(src.documents_file, encoding="utf-8") as f:
             for line in f:
                 doc = json.loads(line)
@@ -359,21 +367,15 @@ class CurationDecisionsView(APIView):
                    responses=inline_serializer("Decisions", {"results": serializers.ListField(),
                                                              "next_offset": serializers.IntegerField()}))
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
-        from itertools import islice
-
         from training.core.curate.runner import iter_decisions
 
         run = get_object_or_404(CurationRun, pk=pk)
         _need_report(run)
-        offset, limit = _paging(request)
-        rows = list(islice(iter_decisions(actions.version_dir(run), rule=request.query_params.get("rule") or None,
-                                          step=request.query_params.get("step") or None), offset, offset + limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        texts = _texts_of(run, {str(r["doc_id"]) for r in rows})
-        results = [{**r, "text": texts.get(str(r["doc_id"]))} for r in rows]
-        return Response(_json_safe({"offset": offset, "limit": limit, "results": results,
-                                    "next_offset": offset + limit if more else None}))
+        page = _page(request, iter_decisions(actions.version_dir(run), rule=request.query_params.get("rule") or None,
+                                             step=request.query_params.get("step") or None))
+        texts = _texts_of(run, {str(r["doc_id"]) for r in page["results"]})
+        page["results"] = [{**r, "text": texts.get(str(r["doc_id"]))} for r in page["results"]]
+        return Response(_json_safe(page))
 
 
 class CurationDocumentsView(APIView):
@@ -385,17 +387,11 @@ class CurationDocumentsView(APIView):
                    responses=inline_serializer("VersionDocuments", {"results": serializers.ListField(),
                                                                     "next_offset": serializers.IntegerField()}))
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
-        from itertools import islice
-
         from training.core.curate.runner import iter_version_documents
 
         run = get_object_or_404(CurationRun, pk=pk)
         _need_report(run)
-        offset, limit = _paging(request)
-        rows = list(islice(iter_version_documents(actions.version_dir(run)), offset, offset + limit + 1))
-        more = len(rows) > limit
-        return Response(_json_safe({"offset": offset, "limit": limit, "results": rows[:limit],
-                                    "next_offset": offset + limit if more else None}))
+        return Response(_json_safe(_page(request, iter_version_documents(actions.version_dir(run)))))
 
 
 def datasheet_for(run: CurationRun) -> str:
