@@ -87,11 +87,16 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
-    if DATABASES["default"]["ENGINE"].endswith("postgresql") and env_bool("STUDIO_DB_POOL", True):
-        # Under ASGI each request's sync code runs in a fresh thread, so connections cannot persist
-        # per thread; a pool per process hands them back and forth instead of connecting per request.
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            "min_size": 1, "max_size": env_int("STUDIO_DB_POOL_SIZE", 8, minimum=1), "timeout": 30}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        if env_bool("STUDIO_DB_POOL", False):
+            # a pool per process instead of one connection per request thread
+            DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+                "min_size": 1, "max_size": env_int("STUDIO_DB_POOL_SIZE", 8, minimum=1), "timeout": 30}
+        else:
+            # web requests run on long-lived threads (studio/asgi_threads.py): each keeps its
+            # connection (web processes × STUDIO_WEB_THREADS connections at most, plus the queue's)
+            DATABASES["default"]["CONN_MAX_AGE"] = env_int("STUDIO_DB_CONN_MAX_AGE", 300, minimum=0)
+            DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {
