@@ -471,6 +471,8 @@ def form_context() -> dict[str, Any]:
         entry = {"ref": c.ref, "name": f"run {c.run_id} · {c.run.name} @ step {c.step}",
                  "group": f"{c.run.get_kind_display()} checkpoints"}
         (rewards if c.run.kind == "reward" else bases).append(entry)
+    groups = [b["group"] for b in bases]
+    bases.sort(key=lambda b: groups.index(b["group"]))  # one block per group for the select's optgroups
     snapshots = []
     try:
         from labeling.models import Snapshot

@@ -247,8 +247,8 @@
       try {
         await api("POST", `/api/labeling/projects/${form.elements.project.value}/generate/`, {
           models: [{ path: option.dataset.path, name: option.dataset.name }],
-          k: Number(form.elements.k.value || 2) });
-        note.textContent = `Queued: ${option.dataset.name} answers the project's open prompts; they reach the annotators as new items.`;
+          k: Number(form.elements.k.value || 2), max_new_tokens: Number(form.elements.max_new_tokens.value || 64) });
+        note.textContent = `Queued: ${option.dataset.name} answers the project's open prompts; they reach the annotators as new items (progress on the project's Manage page).`;
         note.dataset.state = "queued";
       } catch (err) {
         note.textContent = err.message + (err.body && err.body.hint ? " — " + err.body.hint : "");
@@ -391,6 +391,15 @@
         tr.children[3].append(code);
         tr.append(document.createElement("td"));
         body.append(tr);
+      }
+      const send = document.getElementById("send-checkpoint");
+      if (send && ![...send.options].some((o) => o.dataset.step === String(step))) {
+        const option = new Option(`step ${step}`, id || "");
+        Object.assign(option.dataset, { step: String(step), path, name: `${root.dataset.name} @ step ${step}` });
+        send.prepend(option);
+        send.value = option.value;
+        option.selected = true;
+        document.getElementById("send-section").hidden = false;
       }
       // checkpoints of chat models get their Chat link once their id is known
       if (id && root.dataset.chat === "true" && !tr.querySelector("a")) {
