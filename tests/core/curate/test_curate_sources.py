@@ -243,6 +243,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/data.jsonl")
+            self.end_headers()
+        elif self.path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.end_headers()
         elif self.path == "/stream":  # no Content-Length: the limit is enforced while streaming
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -281,6 +289,14 @@ def test_url_import_streams_with_a_size_limit_and_clear_errors(server: str, tmp_
         with pytest.raises(SourceError) as e:
             import_url(bad, tmp_path / "s.jsonl")
         assert e.value.code == "invalid_url"
+    r = import_url(f"{server}/redirect", tmp_path / "r.jsonl", timeout=10)  # followed, named after the target
+    assert r.documents == 2 and read_docs(tmp_path / "r.jsonl")[0]["format"] == "jsonl"
+    with pytest.raises(SourceError) as e:
+        import_url(f"{server}/loop", tmp_path / "s.jsonl", timeout=10)
+    assert e.value.code == "url_unreachable" and "redirects" in e.value.detail
+    with pytest.raises(SourceError) as e:  # the server's own network can be closed to URL imports
+        import_url(f"{server}/page", tmp_path / "s.jsonl", timeout=10, allow_private=False)
+    assert e.value.code == "url_forbidden" and "127.0.0.1" in e.value.detail
     closed = server.rsplit(":", 1)[0] + ":1"
     with pytest.raises(SourceError) as e:
         import_url(closed + "/x.txt", tmp_path / "s.jsonl", timeout=5)

@@ -594,15 +594,39 @@ def _stem(name: str) -> str:
     return PurePosixPath(base).stem or base
 
 
+def check_url_host(url: str) -> None:
+    """Refuse a URL whose host resolves to a loopback, private, link-local or reserved address
+    (``url_forbidden``): what a server fetching user-given URLs must not reach."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise SourceError("url_unreachable", f"{url}: cannot resolve {host!r} ({e})",
+                          "check the address") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        if not ip.is_global or ip.is_multicast:
+            raise SourceError("url_forbidden", f"{url}: {host} resolves to the non-public address {ip}",
+                              "only public addresses can be imported here; ask the operator to allow "
+                              "private addresses if this is an internal site")
+
+
 def import_url(url: str, out_path: str | Path, *, timeout: float = 30.0, max_bytes: int | None = None,
                limits: SourceLimits | None = None, bad_rows: str = "skip",
-               meta: dict[str, Any] | None = None) -> ImportReport:
+               meta: dict[str, Any] | None = None, allow_private: bool = True,
+               max_redirects: int = 5) -> ImportReport:
     """Download ``url`` (http/https only) and import it like an upload.
 
     The body is streamed to a temporary file and refused once it exceeds ``max_bytes`` (default
     ``limits.max_file_bytes``); ``timeout`` bounds connecting and each read. The format comes from
     the URL's path or, failing that, the Content-Type (HTML pages become ``.html``). Network
     errors and HTTP errors raise :class:`SourceError` (``url_unreachable``, ``url_http_error``).
+    With ``allow_private=False`` the URL and every redirect must resolve to public addresses
+    (``url_forbidden`` otherwise): set it where users may not reach the server's own network.
     """
     from urllib.parse import urlparse
 
@@ -617,11 +641,26 @@ def import_url(url: str, out_path: str | Path, *, timeout: float = 30.0, max_byt
     meta.setdefault("source", parsed.netloc)
     meta.setdefault("domain", "web")
     meta.setdefault("url", url)
-    try:
-        resp = requests.get(url, stream=True, timeout=timeout, headers={"User-Agent": "llm-studio-data-import"})
-    except requests.RequestException as e:
-        raise SourceError("url_unreachable", f"{url}: {type(e).__name__}: {e}",
-                          "check the address and that this machine can reach it") from None
+    current = url
+    for _ in range(max_redirects + 1):  # redirects are followed here, so each hop is checked
+        if not allow_private:
+            check_url_host(current)
+        try:
+            resp = requests.get(current, stream=True, timeout=timeout, allow_redirects=False,
+                                headers={"User-Agent": "llm-studio-data-import"})
+        except requests.RequestException as e:
+            raise SourceError("url_unreachable", f"{current}: {type(e).__name__}: {e}",
+                              "check the address and that this machine can reach it") from None
+        if not resp.is_redirect:
+            break
+        target = requests.compat.urljoin(current, resp.headers.get("Location", ""))
+        resp.close()
+        if urlparse(target).scheme not in ("http", "https"):
+            raise SourceError("invalid_url", f"{current} redirects to {target!r}, not an http(s) URL")
+        current = target
+    else:
+        raise SourceError("url_unreachable", f"{url}: more than {max_redirects} redirects",
+                          "give the final address of the document")
     with resp:
         if resp.status_code >= 400:
             raise SourceError("url_http_error", f"{url} answered HTTP {resp.status_code} {resp.reason}",
@@ -630,7 +669,7 @@ def import_url(url: str, out_path: str | Path, *, timeout: float = 30.0, max_byt
         if declared > cap:
             raise SourceError("file_too_large", f"{url} has {declared} bytes, the limit is {cap}",
                               "raise max_bytes or download a smaller file")
-        name = PurePosixPath(parsed.path).name
+        name = PurePosixPath(urlparse(current).path).name
         if file_format(name) is None:
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
             ext = {"text/html": ".html", "application/xhtml+xml": ".html", "application/json": ".json",
