@@ -55,28 +55,28 @@ _SMOL = {"micro_batch_size": 4, "grad_accum_steps": 4, "max_seq_len": 512, "eval
 POSTTRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "sft": {
         "tiny-cpu": {"label": "Tiny on CPU (a studio checkpoint, a minute)",
-                     "config": {**_TINY, "optim": {"lr": 1e-3, "warmup_steps": 2}}},
+                     "config": {**_TINY, "optim": {"lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.0}}},
         "smollm2": {"label": "SmolLM2-135M-Instruct (GPU, or a slow CPU)",
-                    "config": {**_SMOL, "steps": 300, "optim": {"lr": 2e-5, "warmup_steps": 20}}},
+                    "config": {**_SMOL, "steps": 300, "optim": {"lr": 2e-5, "warmup_steps": 20, "weight_decay": 0.0}}},
     },
     "reward": {
         "tiny-cpu": {"label": "Tiny on CPU (a studio checkpoint, a minute)",
-                     "config": {**_TINY, "optim": {"lr": 1e-3, "warmup_steps": 2}}},
+                     "config": {**_TINY, "optim": {"lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.0}}},
         "smollm2": {"label": "SmolLM2-135M-Instruct (GPU, or a slow CPU)",
-                    "config": {**_SMOL, "steps": 200, "optim": {"lr": 1e-5, "warmup_steps": 10}}},
+                    "config": {**_SMOL, "steps": 200, "optim": {"lr": 1e-5, "warmup_steps": 10, "weight_decay": 0.0}}},
     },
     "dpo": {
         "tiny-cpu": {"label": "Tiny on CPU (a studio checkpoint, a minute)",
-                     "config": {**_TINY, "beta": 0.1, "max_prompt_len": 64, "optim": {"lr": 1e-3, "warmup_steps": 2}}},
+                     "config": {**_TINY, "beta": 0.1, "max_prompt_len": 64, "optim": {"lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.0}}},
         "smollm2": {"label": "SmolLM2-135M-Instruct (GPU, or a slow CPU)",
-                    "config": {**_SMOL, "steps": 200, "beta": 0.1, "optim": {"lr": 5e-7, "warmup_steps": 10}}},
+                    "config": {**_SMOL, "steps": 200, "beta": 0.1, "optim": {"lr": 5e-7, "warmup_steps": 10, "weight_decay": 0.0}}},
     },
     "ppo": {
         "tiny-cpu": {"label": "Tiny on CPU (a studio checkpoint, a few minutes)",
                      "config": {**_TINY, "max_prompt_len": 64, "max_new_tokens": 16,
-                                "optim": {"lr": 1e-4, "warmup_steps": 0}}},
+                                "optim": {"lr": 1e-4, "warmup_steps": 0, "weight_decay": 0.0}}},
         "smollm2": {"label": "SmolLM2-135M-Instruct (GPU, or a slow CPU)",
-                    "config": {**_SMOL, "steps": 200, "optim": {"lr": 1e-6, "warmup_steps": 0}}},
+                    "config": {**_SMOL, "steps": 200, "optim": {"lr": 1e-6, "warmup_steps": 0, "weight_decay": 0.0}}},
     },
 }
 

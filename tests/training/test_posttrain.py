@@ -96,8 +96,9 @@ def test_preference_runs_store_the_core_config_and_the_snapshot(client_for, buil
     assert run.config["studio"]["base"] == base.ref and run.config["studio"]["records"] == 20
     assert run.config["studio"]["snapshot_label"] == snap.label
     assert run.config["studio"]["snapshot_sha256"] == snap.content_sha256
+    assert run.config["optim"]["weight_decay"] == 0.0  # the preset's optimizer settings
     if kind == "dpo":
-        assert run.config["beta"] == 0.1
+        assert run.config["beta"] == 0.1 and run.config["max_prompt_len"] == 64
 
 
 def test_launch_writes_records_tokenizer_and_config(builder, base, loops_available):  # noqa: ANN001

@@ -62,6 +62,14 @@
     return config;
   }
 
+  // A preset's settings into the form's config fields (empty where the preset has none).
+  function fillConfig(form, cfg) {
+    form.querySelectorAll("[data-config]").forEach((el) => {
+      const v = getPath(cfg, el.name.replace(/^config\./, ""));
+      el.value = v === undefined ? "" : v;
+    });
+  }
+
   // The form's config fields merged with its "More settings" JSON; null (error shown) when that is not JSON.
   function readConfigWithExtra(form) {
     const config = readConfig(form);
@@ -78,13 +86,7 @@
     const presets = JSON.parse(document.getElementById("presets-data").textContent);
     const form = document.getElementById("new-run-form");
     const presetSel = form.elements.preset;
-    function fillPreset() {
-      const cfg = presets[presetSel.value].config;
-      form.querySelectorAll("[data-config]").forEach((el) => {
-        const v = getPath(cfg, el.name.replace(/^config\./, ""));
-        el.value = v === undefined ? "" : v;
-      });
-    }
+    const fillPreset = () => fillConfig(form, presets[presetSel.value].config);
     presetSel.addEventListener("change", fillPreset);
     fillPreset();
     form.addEventListener("submit", async (ev) => {
@@ -139,11 +141,7 @@
     }
     function fillPreset() {
       const preset = (presets[kindSel.value] || {})[presetSel.value];
-      const cfg = preset ? preset.config : {};
-      form.querySelectorAll("[data-config]").forEach((el) => {
-        const v = getPath(cfg, el.name.replace(/^config\./, ""));
-        el.value = v === undefined ? "" : v;
-      });
+      fillConfig(form, preset ? preset.config : {});
     }
     function fillKind() {
       const kind = kindSel.value;
@@ -164,7 +162,7 @@
       const config = readConfigWithExtra(form);
       if (config === null) return;
       const body = {
-        kind: kindSel.value, name: form.elements.name.value, config, base: form.elements.base.value,
+        kind: kindSel.value, name: form.elements.name.value, preset: presetSel.value, config, base: form.elements.base.value,
         snapshot: form.elements.snapshot.value ? Number(form.elements.snapshot.value) : null,
         reward: kindSel.value === "ppo" ? form.elements.reward.value : "",
         nproc: Number(form.elements.nproc.value || 1), threads: Number(form.elements.threads.value || 0),
