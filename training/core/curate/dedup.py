@@ -44,6 +44,9 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _WORD_CACHE: dict[str, int] = {}
 _WORD_CACHE_MAX = 2_000_000
 _CHUNK_ELEMENTS = 1 << 20  # shingles x num_perm per chunk: 1M uint64 = 8 MB
+# a document may carry its MinHash signature, computed earlier (in a worker process) with this
+# step's config, under this key; NearDedup.process takes it out of the document
+SIGNATURE_KEY = "_minhash_signature"
 
 
 # ------------------------------------------------------------------------------------------
@@ -723,7 +726,11 @@ class NearDedup(Step):
         if not docs:
             return StepResult([], [])
         cfg: MinHashConfig = self.config  # type: ignore[assignment]
-        sig = minhash_signatures([d["text"] for d in docs], cfg)
+        pre = [d.pop(SIGNATURE_KEY, None) for d in docs]
+        if all(p is not None for p in pre):
+            sig = np.stack(pre)  # type: ignore[arg-type]
+        else:
+            sig = minhash_signatures([d["text"] for d in docs], cfg)
         match, sim = self._get_index().query_insert(sig)
         kept = [doc for doc, m in zip(docs, match) if m < 0]
         self._ids.extend([str(doc["id"]) for doc in kept])  # store positions follow this order

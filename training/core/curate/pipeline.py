@@ -23,7 +23,7 @@ from training.core.config import ConfigError
 from training.core.curate.balance import Balance
 from training.core.curate.base import DROP, Decision, Doc, Step, StepResult, batched
 from training.core.curate.decontam import Decontaminate
-from training.core.curate.dedup import ExactDedup, NearDedup
+from training.core.curate.dedup import SIGNATURE_KEY, ExactDedup, MinHashConfig, NearDedup, minhash_signatures
 from training.core.curate.extract import ExtractHTML, Normalize
 from training.core.curate.filters import LanguageFilter, ToxicityFilter
 from training.core.curate.pii import ENTITIES as PII_ENTITIES
@@ -214,7 +214,8 @@ class Pipeline:
                 yield self.process_batch(batch)
             return
         ctx = mp.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(self.steps[:split],)) as pool:
+        presign = self._presign_config(split)
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(self.steps[:split], presign)) as pool:
             pending: deque = deque()  # at most 2 batches per worker in flight: bounded memory
             for batch in batches:
                 pending.append(pool.apply_async(_work, (batch,)))
@@ -223,7 +224,19 @@ class Pipeline:
             while pending:
                 yield list(self._finish_parallel(*pending.popleft().get(), split))
 
-    def _finish_parallel(self, batch: list[Doc], results: list[tuple[StepResult, float]], split: int) -> Iterator[Doc]:
+    def _presign_config(self, split: int) -> MinHashConfig | None:
+        """The near-dedup config when its MinHash signatures can be computed in the workers: the
+        steps between the workers' part and ``near_dedup`` are exact dedup only (it does not
+        change texts), so the signatures of the workers' output are those near dedup would compute."""
+        for step in self.steps[split:]:
+            if step.name == "near_dedup":
+                return step.config  # type: ignore[return-value]
+            if step.name != "exact_dedup":
+                return None
+        return None
+
+    def _finish_parallel(self, batch: list[Doc], results: list[tuple[StepResult, float]],
+                         signatures: tuple[np.ndarray, float] | None, split: int) -> Iterator[Doc]:
         """Record the worker's step results for one batch, then run the remaining steps here."""
         if self._t0 is None:
             self._t0 = time.perf_counter()
@@ -234,6 +247,11 @@ class Pipeline:
         for i, (result, seconds) in enumerate(results):
             self._record(i, cur, result, seconds)
             cur = result.kept
+        if signatures is not None:
+            for doc, row in zip(cur, signatures[0]):
+                doc[SIGNATURE_KEY] = row  # taken (and removed) by NearDedup.process
+            near = next(i for i in range(split, len(self.steps)) if self.steps[i].name == "near_dedup")
+            self.stats[near].seconds += signatures[1]  # the signatures' time counts for near dedup
         if split < len(self.steps) and cur:
             yield from self.process_batch(cur, start=split)  # counts the batch and docs out
             return
@@ -291,14 +309,17 @@ class Pipeline:
 
 
 _WORKER_STEPS: list[Step] = []
+_WORKER_PRESIGN: MinHashConfig | None = None
 
 
-def _init_worker(steps: list[Step]) -> None:
-    global _WORKER_STEPS
-    _WORKER_STEPS = steps
+def _init_worker(steps: list[Step], presign: MinHashConfig | None = None) -> None:
+    global _WORKER_STEPS, _WORKER_PRESIGN
+    _WORKER_STEPS, _WORKER_PRESIGN = steps, presign
 
 
-def _work(batch: list[Doc]) -> tuple[list[Doc], list[tuple[StepResult, float]]]:
+def _work(batch: list[Doc]) -> tuple[list[Doc], list[tuple[StepResult, float]], tuple[np.ndarray, float] | None]:
+    """The workers' steps over one batch, and the MinHash signatures of what they kept (with the
+    seconds they took) when near dedup can use them."""
     out = []
     cur = batch
     for step in _WORKER_STEPS:
@@ -306,7 +327,11 @@ def _work(batch: list[Doc]) -> tuple[list[Doc], list[tuple[StepResult, float]]]:
         res = step.process(cur) if cur else StepResult([], [])
         out.append((res, time.perf_counter() - t))
         cur = res.kept
-    return batch, out
+    signatures = None
+    if _WORKER_PRESIGN is not None and cur:
+        t = time.perf_counter()
+        signatures = (minhash_signatures([d["text"] for d in cur], _WORKER_PRESIGN), time.perf_counter() - t)
+    return batch, out, signatures
 
 
 def build_step(item: dict[str, Any]) -> Step:
