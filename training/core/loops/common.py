@@ -35,7 +35,7 @@ from training.core.tokenizer import StudioTokenizer
 
 __all__ = ["load_start", "resolve_resume", "checkpoint_config", "write_plain_weights", "prepare_out_dir",
            "check_tokenizer_fits", "same_tokenizer", "check_seq_len", "prepare_model", "amp_name", "resume_if_asked",
-           "optimizer_step"]
+           "optimizer_step", "write_checkpoint"]
 
 
 def same_tokenizer(a: StudioTokenizer, b: StudioTokenizer) -> bool:
@@ -255,3 +255,18 @@ def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm), float(lr)
+
+
+def write_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     ctx: DistContext, *, config: dict[str, Any], keep_last: int, trainer_state: dict[str, Any],
+                     sampler: Any) -> str:
+    """One post-training checkpoint (collective): model, optimizer, ``trainer_state``, this rank's
+    sampler position and RNG; plus the merged ``model.safetensors`` when the model has adapters."""
+    from training.core.checkpoint import save_checkpoint
+    from training.core.lora import has_lora
+
+    path = save_checkpoint(out_dir, step, model, optimizer, ctx=ctx, config=config, keep_last=keep_last,
+                           trainer_state=trainer_state, rank_state={"sampler": sampler.state_dict()})
+    if has_lora(model):
+        write_plain_weights(model, path, ctx)
+    return str(path)

@@ -30,13 +30,7 @@ import torch
 import torch.nn as nn
 
 from training.core.callbacks import Callbacks
-from training.core.checkpoint import (
-    CheckpointError,
-    find_checkpoint,
-    load_checkpoint,
-    read_checkpoint_config,
-    save_checkpoint,
-)
+from training.core.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, read_checkpoint_config
 from training.core.config import ConfigError, RewardConfig
 from training.core.data.preference import PreferencePair, collate_pairs, tokenize_pairs
 from training.core.data.records import IndexSampler, read_records, split_records
@@ -51,7 +45,7 @@ from training.core.loops.common import (
     prepare_model,
     prepare_out_dir,
     resume_if_asked,
-    write_plain_weights,
+    write_checkpoint,
 )
 from training.core.loops.pretrain import StopSignal
 from training.core.losses import bradley_terry_loss
@@ -238,8 +232,6 @@ def train(cfg: RewardConfig, callbacks: Callbacks | None = None) -> dict[str, An
 
 
 def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, Any]:
-    from training.core.lora import has_lora
-
     cb = callbacks if ctx.is_main else Callbacks()
     out_dir = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
@@ -277,16 +269,11 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
         cb.on_log(f"skipped {problem}")
 
     def checkpoint(step: int) -> str:
-        path = save_checkpoint(
-            out_dir, step, model, optimizer, ctx=ctx, keep_last=cfg.keep_last,
-            config=run_config(),
-            trainer_state={"scheduler": scheduler.state_dict(), "pairs_seen": pairs_seen},
-            rank_state={"sampler": sampler.state_dict()},
-        )
-        if has_lora(model):
-            write_plain_weights(model, path, ctx)
-        cb.on_checkpoint(step, str(path))
-        return str(path)
+        path = write_checkpoint(out_dir, step, model, optimizer, ctx, config=run_config(), keep_last=cfg.keep_last,
+                                trainer_state={"scheduler": scheduler.state_dict(), "pairs_seen": pairs_seen},
+                                sampler=sampler)
+        cb.on_checkpoint(step, path)
+        return path
 
     # ---- the loop -----------------------------------------------------------------------
     model.train()

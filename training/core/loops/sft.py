@@ -31,7 +31,6 @@ import torch
 import torch.nn as nn
 
 from training.core.callbacks import Callbacks
-from training.core.checkpoint import save_checkpoint
 from training.core.config import ConfigError, SFTConfig
 from training.core.data.records import IndexSampler, read_records, split_records
 from training.core.data.sft import SFTExample, collate_rows, pack_rows, tokenize_examples
@@ -45,7 +44,7 @@ from training.core.loops.common import (
     prepare_model,
     prepare_out_dir,
     resume_if_asked,
-    write_plain_weights,
+    write_checkpoint,
 )
 from training.core.loops.pretrain import StopSignal, forward_backward
 from training.core.tokenizer import StudioTokenizer
@@ -125,8 +124,6 @@ def train(cfg: SFTConfig, callbacks: Callbacks | None = None) -> dict[str, Any]:
 
 
 def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, Any]:
-    from training.core.lora import has_lora
-
     cb = callbacks if ctx.is_main else Callbacks()  # only rank 0 reports
     out_dir = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
@@ -162,16 +159,11 @@ def _train(cfg: SFTConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
         cb.on_log(f"skipped {problem}")
 
     def checkpoint(step: int) -> str:
-        path = save_checkpoint(
-            out_dir, step, model, optimizer, ctx=ctx, keep_last=cfg.keep_last,
-            config=run_config(),
-            trainer_state={"scheduler": scheduler.state_dict(), "tokens_seen": tokens_seen},
-            rank_state={"sampler": sampler.state_dict()},
-        )
-        if has_lora(model):
-            write_plain_weights(model, path, ctx)
-        cb.on_checkpoint(step, str(path))
-        return str(path)
+        path = write_checkpoint(out_dir, step, model, optimizer, ctx, config=run_config(), keep_last=cfg.keep_last,
+                                trainer_state={"scheduler": scheduler.state_dict(), "tokens_seen": tokens_seen},
+                                sampler=sampler)
+        cb.on_checkpoint(step, path)
+        return path
 
     # ---- the loop -----------------------------------------------------------------------
     model.train()
