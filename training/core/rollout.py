@@ -20,7 +20,6 @@ The pieces PPO needs, each a plain function:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from training.core.serve import generate
+from training.core.serve.generate import release_decode_weights
 
 __all__ = ["encode_prompts", "sample_responses", "pack", "response_view", "score_responses"]
 
@@ -79,12 +79,10 @@ def sample_responses(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_
     Rows run to ``max_new_tokens`` in the generator and are cut here, so that the stop token the
     policy chose is part of its response (the generator itself drops stop tokens).
     """
-    # The generator may keep a decoding copy of the weights, keyed on the parameters' version
-    # counters; fused optimizers update parameters in place without bumping them, so drop any such
-    # copy: a rollout must sample from the policy as it is now.
-    release = getattr(importlib.import_module("training.core.serve.generate"), "release_decode_weights", None)
-    if release is not None:
-        release(model)
+    # The generator keeps a decoding copy of the weights, keyed on the parameters' version counters;
+    # fused AdamW updates parameters in place without bumping them, so drop that copy: a rollout must
+    # sample from the policy as it is now (tests/core/test_ppo.py checks this after an optimizer step).
+    release_decode_weights(model)  # type: ignore[arg-type]
     out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,  # type: ignore[arg-type]
                    top_k=top_k or None, top_p=top_p if top_p < 1.0 else None, seed=seed, pad_id=pad_id)
     stops = set(int(s) for s in stop_ids)
