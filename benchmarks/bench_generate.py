@@ -28,6 +28,22 @@ def prompts_for(batch: int, vocab: int, base_len: int) -> list[list[int]]:
     return [torch.randint(10, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
+def weight_stream_ms(model: torch.nn.Module, repeats: int = 20) -> float:
+    """CPU milliseconds to stream all weight matrices through memory once (best of ``repeats``):
+    the bandwidth floor of single-token decoding, which reads every weight once per step."""
+    import time
+
+    mats = [p.detach() for p in model.parameters() if p.dim() == 2]
+    vecs = [torch.ones(m.shape[1], dtype=m.dtype) for m in mats]
+    best = float("inf")
+    for _ in range(repeats):
+        c0 = time.process_time()
+        for m, v in zip(mats, vecs):
+            torch.mv(m, v)
+        best = min(best, time.process_time() - c0)
+    return best * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small", help="a ModelConfig preset, or 'smollm2'")
@@ -51,6 +67,9 @@ def main() -> None:
     ref.generation_config.pad_token_id = 0
     print(f"generate, model={args.model} ({model.num_params() / 1e6:.1f}M params), {args.new} new tokens per row, "
           f"greedy; {machine_line()}")
+    floor = weight_stream_ms(model)
+    print(f"  reading every weight matrix once (one matrix-vector product each): {floor:.1f} ms; a batch-1 decoding "
+          f"step of any fp32 implementation costs at least this (ceiling {1e3 / floor:.0f} tokens/s)")
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = prompts_for(batch, model.cfg.vocab_size, args.prompt)
         longest = max(len(p) for p in prompts)
