@@ -97,7 +97,8 @@ def main() -> None:
         t_plain = time.perf_counter() - t0
 
     steps = [m for _, m in rec.steps][1:] or [m for _, m in rec.steps]  # the first step warms up
-    parts = {name: statistics.median(m[f"time/{name}"] for m in steps) for name in ("generation", "scoring", "training")}
+    parts = {name: statistics.median(m[f"time/{name}"] for m in steps)
+             for name in ("generation", "scoring", "training")}
     total = sum(parts.values())
     print(f"PPO policy dim={args.dim} layers={args.layers} vocab={tok.vocab_size} "
           f"params={sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, {args.rollouts} rollouts x "

@@ -153,7 +153,8 @@ def test_resume_equals_uninterrupted(tiny_policy: Path, hhh_records: list[dict],
     assert s2["status"] == "completed" and s2["start_step"] == 2
     losses = [m["loss"] for _, m in first.steps] + [m["loss"] for _, m in second.steps]
     assert losses == pytest.approx([m["loss"] for _, m in whole.steps], abs=1e-6)
-    a, b = load_model(find_checkpoint(tmp_path / "whole")), dict(load_model(find_checkpoint(tmp_path / "split")).named_parameters())
+    a = load_model(find_checkpoint(tmp_path / "whole"))
+    b = dict(load_model(find_checkpoint(tmp_path / "split")).named_parameters())
     for n, p in a.named_parameters():
         torch.testing.assert_close(p, b[n], rtol=0, atol=1e-6)
 

@@ -33,7 +33,13 @@ from training.core.callbacks import Callbacks
 from training.core.config import ConfigError, DPOConfig
 from training.core.data.preference import PreferencePair, collate_pairs, tokenize_pairs
 from training.core.data.records import IndexSampler, read_records, split_records
-from training.core.distributed import DistContext, all_reduce_max, broadcast_object, destroy_distributed, init_distributed
+from training.core.distributed import (
+    DistContext,
+    all_reduce_max,
+    broadcast_object,
+    destroy_distributed,
+    init_distributed,
+)
 from training.core.losses import dpo_loss, token_logprobs
 from training.core.loops.common import (
     check_seq_len,

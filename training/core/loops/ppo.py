@@ -44,7 +44,13 @@ import torch.nn as nn
 from training.core.callbacks import Callbacks
 from training.core.config import ConfigError, ModelConfig, PPOConfig
 from training.core.data.records import IndexSampler, read_records
-from training.core.distributed import DistContext, all_reduce_max, broadcast_object, destroy_distributed, init_distributed
+from training.core.distributed import (
+    DistContext,
+    all_reduce_max,
+    broadcast_object,
+    destroy_distributed,
+    init_distributed,
+)
 from training.core.heads import ScalarHead
 from training.core.losses import (
     entropy_from_logits,
@@ -98,7 +104,8 @@ class PolicyWithValue(Transformer):
         assert missing == ["value_head.weight"] and not unexpected, (missing, unexpected)
         return model
 
-    def forward(self, tokens: torch.Tensor, *, with_values: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
+    def forward(self, tokens: torch.Tensor, *, with_values: bool = False,  # type: ignore[override]
+                **kwargs: Any) -> Any:
         if not with_values:
             return super().forward(tokens, **kwargs)
         hidden = super().forward(tokens, return_hidden=True, attention_mask=kwargs.get("attention_mask"))  # (B, T, C)
@@ -293,7 +300,8 @@ def _train(cfg: PPOConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
                 advantages = masked_whiten(advantages, mask)
 
             # 4. PPO epochs over minibatches -----------------------------------------------------------
-            stats = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # pg loss, vf loss, clipfrac, approxkl, ratio
+            # sums of: policy loss, value loss, clip fraction, approximate KL, ratio
+            stats = torch.zeros(5, dtype=torch.float64, device=ctx.device)
             n_updates = 0
             grad_norm = torch.zeros(())
             mb_gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
