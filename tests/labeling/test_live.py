@@ -21,9 +21,23 @@ CLIENTS = 24
 OVERLAP = 3
 ITEMS = 40
 PASSWORD = "live-annotator-pass-1"
+# several web worker processes behind the one port, whatever the machine's core count
+WORKERS = {"STUDIO_WEB_WORKERS": "3"}
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory):  # noqa: ANN001, ANN201
+    """The real studio with three web worker processes, its own SQLite and queue."""
+    from tests.live import StudioServer
+
+    server = StudioServer(tmp_path_factory.mktemp("studio"), env=WORKERS).start()
+    yield server
+    code = server.stop()
+    assert code == 0, f"the studio did not stop cleanly (exit {code}):\n{server.logs()[-4000:]}"
 
 
 def test_parallel_annotators_exact_overlap(studio_server):  # noqa: ANN001
+    assert "3 web workers" in studio_server.logs()
     run_parallel_annotators(studio_server)
 
 
@@ -44,7 +58,7 @@ def postgres_server(tmp_path_factory):  # noqa: ANN001, ANN201
             pytest.fail("PostgreSQL on 127.0.0.1:5432 is needed (user root)")
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
     server = StudioServer(tmp_path_factory.mktemp("studio-pg"),
-                          env={"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{name}"}).start()
+                          env={"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{name}", **WORKERS}).start()
     yield server
     server.stop()
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", name], capture_output=True)
@@ -52,6 +66,7 @@ def postgres_server(tmp_path_factory):  # noqa: ANN001, ANN201
 
 @pytest.mark.services
 def test_parallel_annotators_exact_overlap_postgres(postgres_server):  # noqa: ANN001
+    assert "3 web workers" in postgres_server.logs()
     run_parallel_annotators(postgres_server)
 
 
