@@ -4,7 +4,8 @@ Every write is one transaction. On SQLite the hot writes (assignment, submission
 queue on the database's write lock (:func:`studio.dbwrite.write_transaction`, shared by every
 web worker process) and open with ``BEGIN IMMEDIATE``; on PostgreSQL the item row is locked with
 ``SELECT … FOR UPDATE`` while a slot is handed out, and ``unique(item, slot)`` /
-``unique(item, annotator)`` reject anything that slips past. Events go to the project's group (``labeling.project.<id>``) for the live dashboard.
+``unique(item, annotator)`` reject anything that slips past. Events go to the project's group
+(``labeling.project.<id>``) for the live dashboard.
 """
 
 from __future__ import annotations

@@ -248,7 +248,8 @@ def _label_studio(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
                 ranked = next(iter(ranked.values()), []) if isinstance(ranked, dict) else ranked
                 _answer_into(answer, str(res.get("from_name") or "ranking"), ranked, names, None)
             elif isinstance(value.get("text"), list):
-                _answer_into(answer, str(res.get("from_name") or "text"), " ".join(map(str, value["text"])), names, None)
+                text = " ".join(map(str, value["text"]))
+                _answer_into(answer, str(res.get("from_name") or "text"), text, names, None)
         if isinstance(ann.get("lead_time"), (int, float)) and answer:
             answer["time_on_task_ms"] = int(ann["lead_time"] * 1000)
         if answer:
