@@ -299,3 +299,42 @@ def test_rmsnorm_training_backward_equals_autograd_of_the_formula():
     assert torch.allclose(norm(x), ref, atol=1e-6, rtol=0)
     assert torch.allclose(got_x, x.grad, atol=1e-5, rtol=0)
     assert torch.allclose(got_w, w.grad, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["causal", "left-padded"])
+def test_training_gradients_match_transformers_llama(tmp_path, padded):
+    """The training path (fused q/k/v + rotary, SwiGLU and RMSNorm backwards, fused loss) gives
+    the gradients of transformers' LlamaForCausalLM on the same weights and batch."""
+    transformers = pytest.importorskip("transformers")
+    from training.core.interop.hf import export_hf
+
+    model = make(tiny(tie_embeddings=False))
+    export_hf(model, None, tmp_path / "hf")
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")
+    g = torch.Generator().manual_seed(5)
+    tokens, targets = torch.randint(0, 211, (3, 19), generator=g), torch.randint(0, 211, (3, 19), generator=g)
+    mask = torch.ones(3, 19, dtype=torch.long)
+    if padded:
+        mask[1, :4] = 0
+        targets[1, :4] = -100
+    model.train()
+    loss = model(tokens, attention_mask=mask if padded else None, targets=targets)
+    loss.backward()
+    position_ids = (mask.cumsum(1) - 1).clamp_min(0)
+    theirs = ref(input_ids=tokens, attention_mask=mask, position_ids=position_ids, labels=targets,
+                 shift_labels=targets).loss
+    theirs.backward()
+    assert abs(loss.item() - theirs.item()) <= 1e-5
+    names = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+    hf_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        hf_name = names.get(name) or ("model." + name.replace("attention.w", "self_attn.")
+                                      .replace("self_attn.q", "self_attn.q_proj").replace("self_attn.k", "self_attn.k_proj")
+                                      .replace("self_attn.v", "self_attn.v_proj").replace("self_attn.o", "self_attn.o_proj")
+                                      .replace("feed_forward.w1", "mlp.gate_proj").replace("feed_forward.w3", "mlp.up_proj")
+                                      .replace("feed_forward.w2", "mlp.down_proj")
+                                      .replace("attention_norm", "input_layernorm")
+                                      .replace("ffn_norm", "post_attention_layernorm"))
+        other = hf_params[hf_name].grad
+        assert other is not None and (p.grad - other).abs().max().item() <= 1e-5, name
