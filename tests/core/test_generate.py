@@ -242,3 +242,18 @@ def test_lora_adapted_model_decodes_with_its_merged_weights():
             if name.endswith("lora_b"):
                 p.mul_(-1.0)
     assert generate(model, [PROMPTS[0]], max_new_tokens=12) == [reference_greedy(model, PROMPTS[0], 12)]
+
+
+def test_decoding_weights_follow_fused_optimizer_steps():
+    """Fused AdamW updates parameters without bumping their version counters; the next generate
+    must still decode with the updated weights."""
+    model = make(6)
+    tokens = torch.tensor([PROMPTS[0] + [1, 2, 3]])
+    generate(model, [PROMPTS[0]], max_new_tokens=4)  # builds the decoding copy
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    for _ in range(3):
+        model(tokens[:, :-1], targets=tokens[:, 1:]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    assert generate(model, [PROMPTS[0]], max_new_tokens=12) == [reference_greedy(model, PROMPTS[0], 12)]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from training.core.model import KVCache, Transformer, rope_rotate
 from training.core.serve.sampling import apply_repetition_penalty, sample_next
@@ -48,9 +49,12 @@ class _DecodeWeights:
     here than ``F.linear(x, W)`` (``x @ W.T``), and two fused matmuls replace five.
 
     Built once and kept on the model (about one extra copy of the block and output weights);
-    rebuilt when any parameter changes (``key``: storage and version of every parameter)."""
+    rebuilt when any parameter may have changed (``key``: storage and version counter of every
+    parameter, and the number of optimizer steps taken in the process, since fused optimizers do
+    not bump version counters). Writes through ``param.data`` bump nothing: call
+    :func:`release_decode_weights` after those."""
 
-    def __init__(self, model: Transformer, key: tuple[tuple[int, int], ...]) -> None:
+    def __init__(self, model: Transformer, key: tuple[Any, ...]) -> None:
         self.key = key
         self.layers = []
         with torch.no_grad():
@@ -67,8 +71,21 @@ class _DecodeWeights:
             self.output = model.output.weight.t().contiguous()  # (C, V)
 
 
-def _params_key(model: Transformer) -> tuple[tuple[int, int], ...]:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+_optimizer_steps = 0  # optimizer steps taken in this process (any torch.optim optimizer)
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+# fused optimizers (AdamW(fused=True)) update parameters in place without bumping their version
+# counters, so any optimizer step anywhere in the process invalidates the decoding copies
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def _params_key(model: Transformer) -> tuple[Any, ...]:
+    return (_optimizer_steps, *((p.data_ptr(), p._version) for p in model.parameters()))
 
 
 def _flat_decoding_applies(model: Transformer) -> bool:
