@@ -119,7 +119,8 @@ def test_oversized_file_and_archive_bomb_are_refused(bclient, data_dir, monkeypa
 
 
 @pytest.mark.django_db
-def test_url_and_folder_errors_are_clear(bclient, data_dir, tmp_path):  # noqa: ANN001
+def test_url_and_folder_errors_are_clear(bclient, data_dir, tmp_path, monkeypatch):  # noqa: ANN001
+    monkeypatch.setenv("STUDIO_SOURCE_URL_ALLOW_PRIVATE", "1")
     cases = [({"kind": "url", "url": "http://127.0.0.1:9/page.html"}, 502, "url_unreachable"),
              ({"kind": "url"}, 400, "source_invalid"),
              ({"kind": "folder", "path": str(tmp_path / "missing")}, 400, "not_found"),
@@ -509,7 +510,17 @@ def test_a_run_whose_worker_died_becomes_interrupted_and_resumable(bclient, smal
 
 
 @pytest.mark.django_db
-def test_url_import_fetches_a_page_from_a_real_server(bclient, data_dir, tmp_path):  # noqa: ANN001
+def test_url_to_the_servers_own_network_is_refused_by_default(bclient, data_dir):  # noqa: ANN001
+    for url in ("http://127.0.0.1:8000/api/me/", "http://localhost/x.html", "http://10.0.0.1/x.html",
+                "http://169.254.169.254/latest/meta-data/"):
+        resp = bclient.post(f"{BASE}/sources/", {"kind": "url", "url": url}, format="json")
+        assert resp.status_code >= 400 and resp.json()["code"] == "url_forbidden", (url, resp.json())
+    assert DataSource.objects.count() == 0 and source_dirs(data_dir) == []
+
+
+@pytest.mark.django_db
+def test_url_import_fetches_a_page_from_a_real_server(bclient, data_dir, tmp_path, monkeypatch):  # noqa: ANN001
+    monkeypatch.setenv("STUDIO_SOURCE_URL_ALLOW_PRIVATE", "1")
     import functools
     import http.server
     import threading

@@ -218,7 +218,10 @@ def _run_import(core: Any, kind: str, out: Path, *, filename: str, content: byte
             staged.unlink(missing_ok=True)
     if kind == "url":
         timeout = float(os.environ.get("STUDIO_SOURCE_URL_TIMEOUT", "30"))
-        return core.import_url(url, out, timeout=timeout, limits=limits, bad_rows=on_error, meta=meta)
+        # Users' URLs must not reach the server's own network unless the operator allows it.
+        allow_private = os.environ.get("STUDIO_SOURCE_URL_ALLOW_PRIVATE", "0").lower() in ("1", "true", "yes")
+        return core.import_url(url, out, timeout=timeout, limits=limits, bad_rows=on_error, meta=meta,
+                               allow_private=allow_private)
     if kind == "folder":
         return core.import_folder(path, out, limits=limits, meta=meta)
     from training.actions import corpus_cache_dir
