@@ -234,3 +234,28 @@ def test_sample_documents_for_previews(planted: dict) -> None:
     ids = [d["id"] for d in sample]
     assert len(ids) == len(set(ids)) == 10 and sample == sample_documents(planted["inputs"], n=10, seed=1)
     assert len(sample_documents(planted["inputs"], n=1000)) == planted["n"]
+
+
+def test_resume_equals_the_uninterrupted_run_when_candidates_overflow(tmp_path: Path) -> None:
+    """Many documents share LSH bands, so lookups hit the max_candidates cap: the index rebuilt
+    on resume must still answer exactly as the uninterrupted one (same kept documents)."""
+    lines = []
+    for i in range(400):
+        k = i - 1 if i % 7 == 0 and i > 0 else i
+        lines.append(json.dumps({"id": f"d{i}", "text": f"Document number {k} tells a short story about the river, "
+                                 f"the mill and the people who lived beside them in year {1800 + k}."}))
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    recipe = [{"step": "near_dedup", "config": {"max_candidates": 8}}]
+    run_recipe([str(src)], recipe, tmp_path / "ref", shard_docs=20)
+    for stop_at in (3, 9):
+        calls = {"n": 0}
+
+        def stop() -> bool:
+            calls["n"] += 1
+            return calls["n"] >= stop_at
+
+        out = tmp_path / f"cut{stop_at}"
+        assert run_recipe([str(src)], recipe, out, shard_docs=20, should_stop=stop)["status"] == "cancelled"
+        run_recipe([str(src)], recipe, out, shard_docs=20)
+        assert version_content(out) == version_content(tmp_path / "ref")

@@ -561,16 +561,29 @@ class SortedRuns:
 
     def lookup(self, keys: np.ndarray, limit: int = 32) -> list[np.ndarray]:
         """For each query row of ``keys (B, K)``: the values stored under an equal key in any
-        column (unique, at most ``limit`` per column and run, oldest first)."""
-        found: list[list[np.ndarray]] = [[] for _ in range(keys.shape[0])]
+        column (unique; per column the ``limit`` oldest, i.e. smallest, values over all runs).
+
+        The answer does not depend on how the entries are split into runs, so an index rebuilt
+        on resume answers exactly as the one it replaces. Within a run, equal keys keep their
+        values in insertion order, so each run's first ``limit`` hold the overall oldest ones.
+        """
+        found: list[dict[int, list[np.ndarray]]] = [{} for _ in range(keys.shape[0])]
         for run_keys, run_vals in self._runs:
             for j in range(self.n_keys):
                 col = run_keys[j]
                 lo = np.searchsorted(col, keys[:, j], side="left")
                 hi = np.searchsorted(col, keys[:, j], side="right")
                 for q in np.flatnonzero(hi > lo):
-                    found[q].append(np.asarray(run_vals[j][lo[q]:min(hi[q], lo[q] + limit)]))
-        return [np.unique(np.concatenate(f)) if f else np.empty(0, dtype=np.int64) for f in found]
+                    found[q].setdefault(j, []).append(np.asarray(run_vals[j][lo[q]:min(hi[q], lo[q] + limit)]))
+        out: list[np.ndarray] = []
+        for per_column in found:
+            if not per_column:
+                out.append(np.empty(0, dtype=np.int64))
+                continue
+            parts = [np.sort(np.concatenate(arrs))[:limit] if len(arrs) > 1 else arrs[0]
+                     for arrs in per_column.values()]
+            out.append(np.unique(np.concatenate(parts)))
+        return out
 
     def close(self) -> None:
         for run in self._runs:
