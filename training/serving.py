@@ -55,7 +55,9 @@ class ModelCache:
             return model, tok, 0.0
         t0 = time.perf_counter()
         model, tok = self._load(source)
-        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        # The parameters, and about as much again for the decoding copy that generation keeps on
+        # the model (training.core.serve.generate: transposed, fused weights).
+        size = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
         while self.models and sum(s for *_, s in self.models.values()) + size > self.budget:
             self.models.popitem(last=False)
         self.models[source] = (model, tok, size)

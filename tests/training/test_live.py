@@ -233,7 +233,8 @@ def test_serving_cache_keeps_models_within_the_memory_budget(tiny_checkpoint, tm
     first = ModelCache(budget_bytes=2**40)
     model, _, load_s = first.get(tiny_checkpoint.path)
     assert load_s > 0 and first.get(tiny_checkpoint.path)[2] == 0.0  # second use: already loaded
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    size = first.models[tiny_checkpoint.path][2]
+    assert size == 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # + the decoding copy
     cache = ModelCache(budget_bytes=int(size * 1.5))  # room for one model only
     cache.get(tiny_checkpoint.path)
     cache.get(str(other))

@@ -79,9 +79,9 @@ def sample_responses(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_
     Rows run to ``max_new_tokens`` in the generator and are cut here, so that the stop token the
     policy chose is part of its response (the generator itself drops stop tokens).
     """
-    # The generator keeps a decoding copy of the weights, keyed on the parameters' version counters;
-    # fused AdamW updates parameters in place without bumping them, so drop that copy: a rollout must
-    # sample from the policy as it is now (tests/core/test_ppo.py checks this after an optimizer step).
+    # The generator keeps a decoding copy of the weights and rebuilds it after optimizer steps; the
+    # policy changes every PPO step anyway, so drop the copy explicitly: a rollout must sample from
+    # the policy as it is now (tests/core/test_ppo.py checks this after an optimizer step).
     release_decode_weights(model)  # type: ignore[arg-type]
     out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,  # type: ignore[arg-type]
                    top_k=top_k or None, top_p=top_p if top_p < 1.0 else None, seed=seed, pad_id=pad_id)
