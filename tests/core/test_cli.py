@@ -171,3 +171,22 @@ def test_end_to_end_tokenizer_prepare_pretrain_generate_export_import(austen_sam
                               "--set", f"out_dir={tmp_path / 'continued'}",
                               "--set", f"init_from={tmp_path / 'imported'}").stdout)
     assert summary["status"] == "completed"
+
+
+def test_text_inputs_read_parquet_shards_and_folders(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.core.cli import iter_texts
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["It is a truth", "", "universally acknowledged"]}),
+                   data / "part-00000.parquet", row_group_size=2)
+    (data / "part-00001.jsonl").write_text(json.dumps({"text": "that a single man"}) + "\n")
+    assert list(iter_texts([str(data)])) == ["It is a truth", "universally acknowledged", "that a single man"]
+    with pytest.raises(CliError, match="no 'body' column"):
+        list(iter_texts([str(data / "part-00000.parquet")], field="body"))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(CliError, match="not a readable Parquet file"):
+        list(iter_texts([str(tmp_path / "broken.parquet")]))

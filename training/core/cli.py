@@ -144,8 +144,25 @@ def build_pretrain_config(config_path: str | None, overrides: Sequence[str]) -> 
 # Text inputs
 # --------------------------------------------------------------------------------------------
 
+TEXT_SUFFIXES = (".txt", ".jsonl", ".ndjson", ".parquet")
+
+
 def _texts_from_file(path: Path, field: str) -> Iterator[str]:
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
+    if path.suffix.lower() == ".parquet":  # e.g. a data studio version's Parquet shards
+        import pyarrow.parquet as pq  # lazily: only Parquet inputs need it
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise CliError(f"{path} is not a readable Parquet file ({e})", "re-export the file") from None
+        if field not in pf.schema_arrow.names:
+            raise CliError(f"{path} has no {field!r} column (columns: {', '.join(pf.schema_arrow.names)})",
+                           "pass --field with the text column's name")
+        for batch in pf.iter_batches(batch_size=1024, columns=[field]):  # bounded memory
+            for text in batch.column(0).to_pylist():
+                if isinstance(text, str) and text:
+                    yield text
+    elif path.suffix.lower() in (".jsonl", ".ndjson"):
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
@@ -165,15 +182,16 @@ def _texts_from_file(path: Path, field: str) -> Iterator[str]:
 
 def iter_texts(inputs: Sequence[str], corpus: str | None = None, *, field: str = "text",
                cache_dir: str | None = None, limit: int | None = None) -> Iterator[str]:
-    """Documents from files (``.txt`` = one document, ``.jsonl`` = one per line with ``field``),
-    folders (their ``*.txt`` / ``*.jsonl``, sorted) and/or a built-in corpus name."""
+    """Documents from files (``.txt`` = one document, ``.jsonl`` = one per line with ``field``,
+    ``.parquet`` = one per row of the ``field`` column), folders (their ``*.txt`` / ``*.jsonl`` /
+    ``*.parquet``, sorted) and/or a built-in corpus name."""
     def generate() -> Iterator[str]:
         for item in inputs:
             p = Path(item)
             if p.is_dir():
-                files = sorted(f for f in p.rglob("*") if f.suffix.lower() in (".txt", ".jsonl", ".ndjson"))
+                files = sorted(f for f in p.rglob("*") if f.suffix.lower() in TEXT_SUFFIXES)
                 if not files:
-                    raise CliError(f"{p} holds no .txt or .jsonl files")
+                    raise CliError(f"{p} holds no .txt, .jsonl or .parquet files")
                 for f in files:
                     yield from _texts_from_file(f, field)
             elif p.is_file():
