@@ -11,7 +11,6 @@ from frontend.stages import BY_SLUG
 from studio.models import ApiToken, Event
 from studio.roles import ROLE_DESCRIPTIONS, ROLES, SIGNED_IN, has_access, role_required
 from training.core.config import ModelConfig
-from training.core.corpora import CORPORA
 
 
 @role_required(SIGNED_IN)
@@ -42,8 +41,6 @@ def _training_counts() -> list[tuple[str, int]]:
 
 
 def _stage_context(slug: str) -> dict:
-    if slug == "data":
-        return {"corpora": list(CORPORA.values())}
     if slug in ("tokenizers", "pretraining"):
         presets = []
         for name in ModelConfig.PRESETS:
