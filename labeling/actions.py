@@ -389,6 +389,16 @@ def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -
     return None if row is None else (row[0], row[1])
 
 
+def _held_by_active_locks(project: Project, user: Any) -> bool:
+    """Whether an item ``user`` could still label has all its slots taken, some by unfinished locks
+    (another annotator may skip it or let the lock expire, so "nothing left" would be wrong)."""
+    return (Item.objects.filter(project=project, is_gold=False, complete=False,
+                                assignments__status=ASSIGN_ACTIVE, assignments__slot__isnull=False)
+            .exclude(assignments__annotator=user)
+            .exclude(slots__response__author=user)
+            .exists())
+
+
 def next_item(project: Project, user: Any, *, rng: random.Random | None = None) -> Assignment:
     """Lock the next item for ``user`` (or return their current unexpired lock).
 
@@ -435,6 +445,9 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                     if _attempt < attempts - 1 and skip_locked \
                             and _free_item(project, user, gold=False) is not None:
                         continue  # every free item is being handed out to someone else: look again
+                    if _held_by_active_locks(project, user):
+                        raise NoItem("all_locked", "The items left are being labeled by others right now; a slot "
+                                     "comes free if one of them skips or their lock expires. Ask again shortly.")
                     raise NoItem("no_items", "Nothing left for you to label in this project right now.")
                 item_id, held = candidate
                 # SQLite: the write lock serializes writers, so the counted slots are current

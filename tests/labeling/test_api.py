@@ -154,10 +154,12 @@ def test_skip_frees_the_slot_and_is_not_offered_again(client_for, make_user, mak
     project = make_project(1, name="skip", overlap=1)
     u1, u2 = make_user("s1", "annotator"), make_user("s2", "annotator")
     a = next_for(client_for(u1), project)
-    assert next_for(client_for(u2), project)["assignment"] is None  # the only slot is held
+    held = next_for(client_for(u2), project)
+    assert held["assignment"] is None and held["reason"] == "all_locked"  # the only slot is held, may come free
     resp = client_for(u1).post(f"/api/labeling/assignments/{a['assignment']}/skip/")
     assert resp.status_code == 200 and resp.json()["status"] == "skipped"
-    assert next_for(client_for(u1), project)["assignment"] is None
+    skipped = next_for(client_for(u1), project)
+    assert skipped["assignment"] is None and skipped["reason"] == "no_items"  # never offered again to u1
     assert next_for(client_for(u2), project)["item"] == a["item"]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,6 +91,9 @@ def run_parallel_annotators(studio_server) -> None:  # noqa: ANN001
                 problems.append(f"next {status} {a}")
                 return
             if a["assignment"] is None:
+                if a["reason"] == "all_locked":  # others hold the last slots and may skip them
+                    time.sleep(0.05)
+                    continue
                 if a["reason"] != "no_items":
                     problems.append(f"unexpected reason {a}")
                 break

@@ -341,6 +341,13 @@ def test_smollm2_as_the_base(client_for, builder, base, loops_available):  # noq
     rm = reward_checkpoint(base)
     resp = post(c, {"kind": "ppo", "preset": "smollm2", "base": art.ref, "snapshot": snap.pk, "reward": rm.ref})
     assert resp.status_code == 400 and resp.json()["code"] == "tokenizer_mismatch"
+    # a reward model trained from SmolLM2 fits: same root, the tokenizer the studio wrote from the GGUF file
+    smol_rm = Run.objects.create(kind="reward", name="smol rm", status="succeeded", config={"studio": {"base": art.ref}})
+    (smol_rm.out_dir / "checkpoints" / "step_000001").mkdir(parents=True)
+    StudioTokenizer.load(cfg["tokenizer_dir"]).save(smol_rm.out_dir / "tokenizer")
+    ckpt = Checkpoint.objects.create(run=smol_rm, step=1, path=str(smol_rm.out_dir / "checkpoints" / "step_000001"))
+    resp = post(c, {"kind": "ppo", "preset": "smollm2", "base": art.ref, "snapshot": snap.pk, "reward": ckpt.ref})
+    assert resp.status_code == 201, resp.json()
 
 
 def test_a_policy_checkpoint_answers_a_labeling_project(client_for, builder, base, huey_immediate,
@@ -359,10 +366,3 @@ def test_a_policy_checkpoint_answers_a_labeling_project(client_for, builder, bas
     assert resp.status_code == 202, resp.json()
     answers = Response.objects.filter(prompt__project=project, model_name="tiny base @ step 1")
     assert answers.count() == 4
-    # a reward model trained from SmolLM2 fits: same root, the tokenizer the studio wrote from the GGUF file
-    smol_rm = Run.objects.create(kind="reward", name="smol rm", status="succeeded", config={"studio": {"base": art.ref}})
-    (smol_rm.out_dir / "checkpoints" / "step_000001").mkdir(parents=True)
-    StudioTokenizer.load(cfg["tokenizer_dir"]).save(smol_rm.out_dir / "tokenizer")
-    ckpt = Checkpoint.objects.create(run=smol_rm, step=1, path=str(smol_rm.out_dir / "checkpoints" / "step_000001"))
-    resp = post(c, {"kind": "ppo", "preset": "smollm2", "base": art.ref, "snapshot": snap.pk, "reward": ckpt.ref})
-    assert resp.status_code == 201, resp.json()
