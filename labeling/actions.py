@@ -359,44 +359,54 @@ def gold_standing(project: Project, user: Any) -> tuple[float | None, int]:
     return counts["ok"] / counts["n"], counts["n"]
 
 
-def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -> tuple[int, int] | None:
-    """``(item id, slots held)`` of the first item (in id order) ``user`` may be handed now, or None.
-
-    Not complete, never assigned to this user, no response written by this user (no
-    self-review), and — for regular items — fewer held slots than the overlap. One hand-written
-    statement: this runs for every judgement, and the ORM spends longer building the equivalent
-    query than the database spends answering it. ``lock`` (PostgreSQL) locks the item row,
-    skipping rows another transaction is handing out right now.
-    """
+def _eligible_sql(project: Project, user: Any, *, gold: bool) -> tuple[str, list[Any]]:
+    """FROM/WHERE over the items (alias ``i``) ``user`` may be handed, full or not: in this project,
+    gold or not, not complete, never assigned to this user, no response written by this user (no
+    self-review). Hand-written: this runs for every judgement, and the ORM spends longer building
+    the equivalent query than the database spends answering it."""
     item, assignment = Item._meta.db_table, Assignment._meta.db_table
     slots, response = ItemResponse._meta.db_table, Response._meta.db_table
-    held = f"(SELECT COUNT(*) FROM {assignment} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
-    sql = (f"SELECT i.id, {held} FROM {item} i "
+    sql = (f"FROM {item} i "
            "WHERE i.project_id = %s AND i.is_gold = %s AND i.complete = %s "
            f"AND NOT EXISTS (SELECT 1 FROM {assignment} m WHERE m.item_id = i.id AND m.annotator_id = %s) "
            f"AND NOT EXISTS (SELECT 1 FROM {slots} s JOIN {response} r ON r.id = s.response_id "
            "WHERE s.item_id = i.id AND r.author_id = %s) ")
-    params: list[Any] = [project.pk, gold, False, user.pk, user.pk]
+    return sql, [project.pk, gold, False, user.pk, user.pk]
+
+
+def _fetchone(sql: str, params: list[Any]) -> tuple[Any, ...] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -> tuple[int, int] | None:
+    """``(item id, slots held)`` of the first eligible item (:func:`_eligible_sql`, in id order)
+    ``user`` may be handed now — for regular items, one with fewer held slots than the overlap —
+    or None. ``lock`` (PostgreSQL) locks the item row, skipping rows another transaction is
+    handing out right now.
+    """
+    eligible, params = _eligible_sql(project, user, gold=gold)
+    held = f"(SELECT COUNT(*) FROM {Assignment._meta.db_table} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
+    sql = f"SELECT i.id, {held} {eligible}"
     if not gold:
         sql += f"AND {held} < %s "
         params.append(project.overlap)
     sql += "ORDER BY i.id LIMIT 1"
     if lock:
         sql += " FOR UPDATE OF i SKIP LOCKED"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    row = _fetchone(sql, params)
     return None if row is None else (row[0], row[1])
 
 
 def _held_by_active_locks(project: Project, user: Any) -> bool:
-    """Whether an item ``user`` could still label has all its slots taken, some by unfinished locks
-    (another annotator may skip it or let the lock expire, so "nothing left" would be wrong)."""
-    return (Item.objects.filter(project=project, is_gold=False, complete=False,
-                                assignments__status=ASSIGN_ACTIVE, assignments__slot__isnull=False)
-            .exclude(assignments__annotator=user)
-            .exclude(slots__response__author=user)
-            .exists())
+    """Whether a regular item ``user`` could still label holds a slot under an unfinished lock
+    (asked once :func:`_free_item` found none, so its slots are all taken; another annotator may
+    skip it or let the lock expire, so "nothing left" would be wrong)."""
+    eligible, params = _eligible_sql(project, user, gold=False)
+    sql = (f"SELECT 1 {eligible}AND EXISTS (SELECT 1 FROM {Assignment._meta.db_table} a "
+           "WHERE a.item_id = i.id AND a.status = %s AND a.slot IS NOT NULL) LIMIT 1")
+    return _fetchone(sql, [*params, ASSIGN_ACTIVE]) is not None
 
 
 def next_item(project: Project, user: Any, *, rng: random.Random | None = None) -> Assignment:

@@ -159,6 +159,17 @@ def _tool_metadata(source: str, extra: Any) -> dict[str, Any]:
     return {**(extra or {}), "imported_from": source}
 
 
+def _tool_item(obj: dict[str, Any], line: int, ext: str, source: str, where: str, prompt_keys: tuple[str, ...],
+               names: list[str], extra: Any) -> ItemSpec:
+    """The item of another tool's record: the prompt is the first of ``prompt_keys`` in ``obj[where]``,
+    the responses are its text fields ``names`` (in listed order), ``extra`` metadata is kept."""
+    texts = obj[where]
+    prompt = next((texts[k] for k in prompt_keys if k in texts), None)
+    return ItemSpec(line, "item", _messages(prompt, f"{where}.prompt"), ext or str(obj.get("id") or ""),
+                    _tool_metadata(source, extra),
+                    [{"text": texts[n], "model": "", "source": "file"} for n in names], keep_order=True)
+
+
 def _order(value: Any, names: list[str]) -> list[int] | None:
     """A ranking answer as listed indices, best first: a list of field names, or Argilla v1's
     ``[{"value": name, "rank": n}]``; None when ``value`` is not a ranking of these fields."""
@@ -197,11 +208,9 @@ def _argilla(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
     responses, ``metadata`` is kept, and each user's answers (``responses: {question: [{"value",
     "user_id"}]}``: rankings, label choices naming a response, ratings) become one judgement."""
     fields = obj["fields"]
-    prompt = fields.get("prompt", fields.get("instruction", fields.get("question")))
     names = [k for k, v in sorted(fields.items()) if k.startswith(ANSWER_PREFIXES) and isinstance(v, str)]
-    spec = ItemSpec(line, "item", _messages(prompt, "fields.prompt"), ext or str(obj.get("id") or ""),
-                    _tool_metadata("argilla", obj.get("metadata")),
-                    [{"text": fields[n], "model": "", "source": "file"} for n in names], keep_order=True)
+    spec = _tool_item(obj, line, ext, "argilla", "fields", ("prompt", "instruction", "question"), names,
+                      obj.get("metadata"))
     if obj.get("status") not in (None, "completed", "pending"):
         raise LineError(f"unknown Argilla record status {obj.get('status')!r}")
     answers = obj.get("responses") or {}
@@ -225,12 +234,9 @@ def _label_studio(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
     response, ``from_name`` the criterion), ``ranker`` and ``textarea`` results; ``lead_time``
     becomes the time on task."""
     data = obj["data"]
-    prompt = data.get("prompt", data.get("text", data.get("question")))
     names = [k for k in ("answer1", "answer2", "answer3", "answer4", "response1", "response2", "response3",
                          "response4", "left", "right") if isinstance(data.get(k), str)]
-    spec = ItemSpec(line, "item", _messages(prompt, "data.prompt"), ext or str(obj.get("id") or ""),
-                    _tool_metadata("label_studio", obj.get("meta")),
-                    [{"text": data[n], "model": "", "source": "file"} for n in names], keep_order=True)
+    spec = _tool_item(obj, line, ext, "label_studio", "data", ("prompt", "text", "question"), names, obj.get("meta"))
     for n, ann in enumerate(obj.get("annotations") or obj.get("completions") or []):
         if not isinstance(ann, dict) or ann.get("was_cancelled"):
             continue

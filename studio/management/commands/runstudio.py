@@ -81,14 +81,14 @@ class Command(BaseCommand):
         problems = preflight()
         if problems:
             raise CommandError("The studio cannot start:\n  - " + "\n  - ".join(problems))
+        if opts["web_workers"] < 1:
+            raise CommandError("--web-workers must be at least 1")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         children: dict[str, subprocess.Popen] = {}
         if not opts["no_worker"]:
             children["worker"] = subprocess.Popen(
                 [sys.executable, str(MANAGE), "run_huey", "--workers", str(opts["workers"]), "--flush-locks"],
                 env=env, start_new_session=True)
-        if opts["web_workers"] < 1:
-            raise CommandError("--web-workers must be at least 1")
         children["web"] = subprocess.Popen(web_command(opts["host"], opts["port"], opts["web_workers"]),
                                            env=env, start_new_session=True)
         web = (f"{opts['web_workers']} web worker{'s' if opts['web_workers'] > 1 else ''}"
