@@ -78,25 +78,21 @@ def _consensus_ranking(item: Record, aggregate: str) -> list[list[int]]:
     return [sorted(score, key=lambda rid: (-score[rid], rid))]
 
 
-def _mean_rating(item: Record, response_id: int) -> float | None:
-    values = [v for j in item["judgements"] for v in (j.get("ratings") or {}).get(str(response_id), {}).values()
+def _mean_rating(judgements: list[Record], response_id: int) -> float | None:
+    """Mean of every criterion score these judgements gave the response, or None if none did."""
+    values = [v for j in judgements for v in ((j.get("ratings") or {}).get(str(response_id)) or {}).values()
               if isinstance(v, (int, float))]
     return sum(values) / len(values) if values else None
-
-
-def _pairs_from_item(item: Record, aggregate: str) -> Iterable[tuple[Record, Record, int | None]]:
-    """(chosen response, rejected response, margin) pairs an item yields."""
-    for chosen, rejected, margin, _votes in _pairs_with_votes(item, aggregate):
-        yield chosen, rejected, margin
 
 
 def _share(agree: int, votes: int) -> float:
     return round(agree / votes, 4) if votes else 0.0
 
 
-def _pairs_with_votes(item: Record, aggregate: str) -> Iterable[tuple[Record, Record, int | None, tuple[float, int]]]:
-    """Like :func:`_pairs_from_item`, each pair with ``(agreement, n_votes)``: how many of the
-    item's judgements there are, and which share of them orders this pair the same way."""
+def _pairs_from_item(item: Record, aggregate: str) -> Iterable[tuple[Record, Record, int | None, tuple[float, int]]]:
+    """(chosen response, rejected response, margin, (agreement, n_votes)) pairs an item yields:
+    ``n_votes`` is how many of the item's judgements there are, ``agreement`` the share of them
+    that orders this pair the same way."""
     responses = item["responses"]
     by_id = {r["id"]: r for r in responses}
     task = item.get("task_type", "pairwise")
@@ -115,14 +111,11 @@ def _pairs_with_votes(item: Record, aggregate: str) -> Iterable[tuple[Record, Re
                 agree = sum(1 for r in rankings if better in r and worse in r and r.index(better) < r.index(worse))
                 yield by_id[better], by_id[worse], None, (_share(agree, len(rankings)), len(rankings))
     elif task == "rating":
-        means = {r["id"]: _mean_rating(item, r["id"]) for r in responses}
-        raters = [j["ratings"] for j in item["judgements"] if j.get("ratings")]
+        means = {r["id"]: _mean_rating(item["judgements"], r["id"]) for r in responses}
+        raters = [j for j in item["judgements"] if j.get("ratings")]
 
         def rater_prefers(x: Record, y: Record) -> int:
-            def mean(ratings: Record, rid: int) -> float | None:
-                values = [v for v in (ratings.get(str(rid)) or {}).values() if isinstance(v, (int, float))]
-                return sum(values) / len(values) if values else None
-            return sum(1 for r in raters if (mean(r, x["id"]) or 0) > (mean(r, y["id"]) or 0))
+            return sum(1 for j in raters if (_mean_rating([j], x["id"]) or 0) > (_mean_rating([j], y["id"]) or 0))
 
         scored = [r for r in responses if means[r["id"]] is not None]
         for x, y in combinations(scored, 2):
@@ -161,7 +154,7 @@ def preference_records(payload: Record, *, conversational: bool = False, aggrega
     ``agreement`` / ``n_votes``: the share of the item's judgements that order the pair this way."""
     out: list[Record] = []
     for item in payload.get("items", []):
-        for chosen, rejected, m, votes in _pairs_with_votes(item, aggregate):
+        for chosen, rejected, m, votes in _pairs_from_item(item, aggregate):
             rec = {"prompt": _prompt(item["prompt"], conversational),
                    "chosen": _answer(chosen["text"], conversational),
                    "rejected": _answer(rejected["text"], conversational)}
@@ -221,11 +214,11 @@ def kto_records(payload: Record, *, conversational: bool = False, aggregate: str
         elif task == "rating":
             mid = (1 + int(item.get("likert_max", 5))) / 2
             for r in item["responses"]:
-                mean = _mean_rating(item, r["id"])
+                mean = _mean_rating(item["judgements"], r["id"])
                 if mean is not None and mean != mid:
                     add(iid, prompt, r["text"], mean > mid, r.get("model") or "", cat)
         else:
-            for chosen, rejected, _ in _pairs_from_item(item, aggregate):
+            for chosen, rejected, _m, _votes in _pairs_from_item(item, aggregate):
                 add(iid, prompt, chosen["text"], True, chosen.get("model") or "", cat)
                 add(iid, prompt, rejected["text"], False, rejected.get("model") or "", cat)
     for rep in payload.get("reports", []):
