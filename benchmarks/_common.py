@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,3 +90,50 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
         a @ b
         best_t = min(best_t, time.perf_counter() - t0)
     return 2 * n ** 3 / best_t
+
+
+def optimizer_step(params: Any, opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """The end of one training step, the same on both sides of a comparison: grad clip (1.0), the
+    optimizer step, zeroed grads, and a CUDA sync so that the timing covers the work."""
+    torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def trl_step_fn(trainer: Any, opt: torch.optim.Optimizer, batches: list[dict],
+                device: torch.device) -> Callable[[], float]:
+    """A function running one ``trainer.training_step`` (TRL's loss, backward, through accelerate) on
+    the next of ``batches`` (cycled), then :func:`optimizer_step`; it returns the loss."""
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before each step
+    state = {"i": 0}
+
+    def step() -> float:
+        b = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        loss = trainer.training_step(model, dict(b))
+        optimizer_step(model.parameters(), opt, device)
+        return float(loss)
+
+    return step
+
+
+def trl_tokenizer(tok: Any, **kwargs: Any) -> dict[str, object]:
+    """TRL's trainers want a transformers tokenizer (``processing_class``): ours, wrapped
+    (``kwargs`` go to ``PreTrainedTokenizerFast``, e.g. ``padding_side``)."""
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, eos_token=tok.special_tokens["eos"],
+                                   pad_token=tok.special_tokens["pad"], **kwargs)
+    return {"processing_class": fast}
+
+
+def small_model_config(vocab_size: int, dim: int, layers: int, max_seq_len: int) -> Any:
+    """The benchmarks' model shape: 64-wide heads, grouped-query attention with half as many KV heads."""
+    from training.core.config import ModelConfig
+
+    return ModelConfig(vocab_size=vocab_size, dim=dim, n_layers=layers, n_heads=dim // 64,
+                       n_kv_heads=max(1, dim // 128), max_seq_len=max_seq_len)

@@ -22,15 +22,15 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from _common import interleaved, machine_line, report  # noqa: I001
+from _common import (  # noqa: I001
+    hf_llama_from, interleaved, machine_line, optimizer_step, report, small_model_config, trl_step_fn, trl_tokenizer)
 
 from training.core import corpora
-from training.core.config import DPOConfig, ModelConfig
+from training.core.config import DPOConfig
 from training.core.data.preference import collate_pairs, tokenize_pair
 from training.core.loops.dpo import dpo_batch_losses
 from training.core.model import Transformer
@@ -38,22 +38,11 @@ from training.core.tokenizer import train_tokenizer
 
 
 def pairs_and_tokenizer(n: int, max_len: int) -> tuple[list, Any, list[dict]]:
-    records = [{"prompt": d["prompt"] + "\n", "chosen": d["chosen"], "rejected": d["rejected"]}
-               for d in corpora.iter_documents("hhh")]
-    tok = train_tokenizer([d["text"] for d in corpora.iter_documents("hhh")], 2048)
+    docs = list(corpora.iter_documents("hhh"))
+    records = [{"prompt": d["prompt"] + "\n", "chosen": d["chosen"], "rejected": d["rejected"]} for d in docs]
+    tok = train_tokenizer([d["text"] for d in docs], 2048)
     pairs = [tokenize_pair(r, tok, max_seq_len=max_len, max_prompt_len=max_len // 2) for r in records[:n]]
     return pairs, tok, records[:n]
-
-
-def hf_model(ours: Transformer, device: torch.device) -> torch.nn.Module:
-    import transformers
-
-    from training.core.interop.hf import export_hf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        export_hf(ours, None, Path(tmp) / "hf")
-        ref = transformers.LlamaForCausalLM.from_pretrained(Path(tmp) / "hf", attn_implementation="sdpa")
-    return ref.to(device)
 
 
 def main() -> None:
@@ -77,12 +66,11 @@ def main() -> None:
 
     pairs, tok, records = pairs_and_tokenizer(args.batch * args.steps, args.max_len)
     batches = [collate_pairs(pairs[i * args.batch:(i + 1) * args.batch], tok.pad_id) for i in range(args.steps)]
-    cfg_model = ModelConfig(vocab_size=tok.vocab_size, dim=args.dim, n_layers=args.layers, n_heads=args.dim // 64,
-                            n_kv_heads=max(1, args.dim // 128), max_seq_len=max(256, args.max_len))
+    cfg_model = small_model_config(tok.vocab_size, args.dim, args.layers, max(256, args.max_len))
     torch.manual_seed(0)
     policy = Transformer(cfg_model)
     policy.init_weights(seed=0)
-    hf_policy, hf_ref = hf_model(policy, device), hf_model(policy, device)
+    hf_policy, hf_ref = hf_llama_from(policy).to(device), hf_llama_from(policy).to(device)
     ref = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
     policy = policy.to(device).train()
     hf_ref.eval().requires_grad_(False)
@@ -96,14 +84,10 @@ def main() -> None:
                              loss_type=["sigmoid"], use_cpu=device.type == "cpu", save_strategy="no",
                              logging_strategy="no", bf16=False, fp16=False, max_length=args.max_len)
         trainer = DPOTrainer(model=hf_policy, ref_model=hf_ref, args=targs, optimizers=(opt_ref, None),
-                             train_dataset=_trl_dataset(records), **_trl_tokenizer(tok))
-    model_trl = trainer.model
-    model_trl.train()
-    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before each step
-
+                             train_dataset=_trl_dataset(records), **trl_tokenizer(tok, padding_side="left"))
     ours_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     trl_batches = [{k: b[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask")} for b in batches]
-    state = {"ours": 0, "trl": 0}
+    state = {"ours": 0}
 
     def step_ours() -> float:
         b = ours_batches[state["ours"] % len(ours_batches)]
@@ -111,24 +95,10 @@ def main() -> None:
         losses, *_ = dpo_batch_losses(policy, ref, b, dcfg)
         loss = losses.mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0, foreach=True)
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        optimizer_step(policy.parameters(), opt_ours, device)
         return float(loss)
 
-    def step_trl() -> float:
-        b = trl_batches[state["trl"] % len(trl_batches)]
-        state["trl"] += 1
-        loss = trainer.training_step(model_trl, dict(b))
-        torch.nn.utils.clip_grad_norm_(model_trl.parameters(), 1.0, foreach=True)
-        opt_ref.step()
-        opt_ref.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return float(loss)
-
+    step_trl = trl_step_fn(trainer, opt_ref, trl_batches, device)
     first_ours, first_trl = step_ours(), step_trl()
     print(f"DPO policy dim={args.dim} layers={args.layers} vocab={tok.vocab_size} "
           f"params={sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M, {args.batch} pairs/step, "
@@ -143,15 +113,6 @@ def _trl_dataset(records: list[dict]) -> object:
     from datasets import Dataset
 
     return Dataset.from_list(records)
-
-
-def _trl_tokenizer(tok: Any) -> dict[str, object]:
-    """DPOTrainer wants a transformers tokenizer (for its dataset preparation): ours, wrapped."""
-    from transformers import PreTrainedTokenizerFast
-
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, eos_token=tok.special_tokens["eos"],
-                                   pad_token=tok.special_tokens["pad"], padding_side="left")
-    return {"processing_class": fast}
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from _common import machine_line  # noqa: I001
+from _common import machine_line, small_model_config  # noqa: I001
 
 from training.core import corpora
 from training.core.callbacks import RecordingCallbacks
 from training.core.checkpoint import export_model
-from training.core.config import ModelConfig, OptimConfig, PPOConfig
+from training.core.config import OptimConfig, PPOConfig
 from training.core.loops.ppo import train
 from training.core.model import Transformer
 from training.core.rollout import encode_prompts, sample_responses
@@ -66,8 +66,7 @@ def main() -> None:
 
     docs = list(corpora.iter_documents("hhh"))
     tok = train_tokenizer([d["text"] for d in docs], 2048)
-    cfg_model = ModelConfig(vocab_size=tok.vocab_size, dim=args.dim, n_layers=args.layers, n_heads=args.dim // 64,
-                            n_kv_heads=max(1, args.dim // 128), max_seq_len=512)
+    cfg_model = small_model_config(tok.vocab_size, args.dim, args.layers, 512)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = Transformer(cfg_model)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from _common import interleaved, machine_line, report  # noqa: I001
+from _common import (  # noqa: I001
+    interleaved, machine_line, optimizer_step, report, small_model_config, trl_step_fn, trl_tokenizer)
 
 from training.core import corpora
-from training.core.config import ModelConfig, RewardConfig
+from training.core.config import RewardConfig
 from training.core.data.preference import collate_pairs, tokenize_pair
 from training.core.distributed import DistContext
 from training.core.heads import RewardModel
@@ -87,8 +87,7 @@ def main() -> None:
 
     pairs, tok = pairs_and_tokenizer(args.batch * args.steps, args.max_len)
     batches = [collate_pairs(pairs[i * args.batch:(i + 1) * args.batch], tok.pad_id) for i in range(args.steps)]
-    cfg_model = ModelConfig(vocab_size=tok.vocab_size, dim=args.dim, n_layers=args.layers, n_heads=args.dim // 64,
-                            n_kv_heads=max(1, args.dim // 128), max_seq_len=max(256, args.max_len))
+    cfg_model = small_model_config(tok.vocab_size, args.dim, args.layers, max(256, args.max_len))
     torch.manual_seed(0)
     ours = RewardModel(Transformer(cfg_model), seed=0)
     ref = trl_model(ours, tok.pad_id, device)
@@ -103,38 +102,20 @@ def main() -> None:
                                 center_rewards_coefficient=args.center, use_cpu=device.type == "cpu",
                                 save_strategy="no", logging_strategy="no", bf16=False, fp16=False)
         trainer = RewardTrainer(model=ref, args=targs, optimizers=(opt_ref, None),
-                                train_dataset=_trl_dataset(pairs), **_trl_tokenizer(tok))
-    ref = trainer.model
-    ref.train()
-    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before each step
-
+                                train_dataset=_trl_dataset(pairs), **trl_tokenizer(tok))
     ours_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     trl_batches = [{"input_ids": b["input_ids"].to(device), "attention_mask": b["attention_mask"].to(device)}
                    for b in batches]
-    state = {"ours": 0, "trl": 0}
+    state = {"ours": 0}
 
     def step_ours() -> float:
         b = ours_batches[state["ours"] % len(ours_batches)]
         state["ours"] += 1
         metrics = reward_step(ours, [b], rcfg, ctx)
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0, foreach=True)
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        optimizer_step(ours.parameters(), opt_ours, device)
         return metrics["loss"]
 
-    def step_trl() -> float:
-        b = trl_batches[state["trl"] % len(trl_batches)]
-        state["trl"] += 1
-        loss = trainer.training_step(ref, dict(b))
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0, foreach=True)
-        opt_ref.step()
-        opt_ref.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return float(loss)
-
+    step_trl = trl_step_fn(trainer, opt_ref, trl_batches, device)
     first_ours, first_trl = step_ours(), step_trl()
     print(f"reward model dim={args.dim} layers={args.layers} vocab={tok.vocab_size} "
           f"params={sum(p.numel() for p in ours.parameters()) / 1e6:.2f}M, {args.batch} pairs/step, "
@@ -150,15 +131,6 @@ def _trl_dataset(pairs: list) -> object:
 
     return Dataset.from_list([{"chosen_ids": list(p.prompt + p.chosen), "rejected_ids": list(p.prompt + p.rejected)}
                               for p in pairs])
-
-
-def _trl_tokenizer(tok: Any) -> dict[str, object]:
-    """RewardTrainer wants a transformers tokenizer (for padding): ours, wrapped."""
-    from transformers import PreTrainedTokenizerFast
-
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, eos_token=tok.special_tokens["eos"],
-                                   pad_token=tok.special_tokens["pad"])
-    return {"processing_class": fast}
 
 
 if __name__ == "__main__":

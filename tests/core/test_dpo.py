@@ -15,6 +15,8 @@ from training.core.config import ConfigError, DPOConfig, OptimConfig
 from training.core.losses import dpo_loss
 from training.core.loops.dpo import sequence_logps, train
 
+from .runs import whole_and_split_runs
+
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
@@ -143,20 +145,9 @@ def test_every_trainable_parameter_changes_in_a_step(loss_type: str, tiny_policy
 
 def test_resume_equals_uninterrupted(tiny_policy: Path, hhh_records: list[dict], tmp_path: Path) -> None:
     train_file = _write(hhh_records[:24], tmp_path / "pairs.jsonl")
-    whole = RecordingCallbacks()
-    train(_cfg(tiny_policy, train_file, tmp_path / "whole", steps=4), whole)
-    first = RecordingCallbacks(stop_at_step=2)
-    s1 = train(_cfg(tiny_policy, train_file, tmp_path / "split", steps=4), first)
-    assert s1["status"] == "cancelled" and s1["step"] == 2
-    second = RecordingCallbacks()
-    s2 = train(_cfg(tiny_policy, train_file, tmp_path / "split", steps=4, resume_from="auto"), second)
-    assert s2["status"] == "completed" and s2["start_step"] == 2
-    losses = [m["loss"] for _, m in first.steps] + [m["loss"] for _, m in second.steps]
-    assert losses == pytest.approx([m["loss"] for _, m in whole.steps], abs=1e-6)
-    a = load_model(find_checkpoint(tmp_path / "whole"))
-    b = dict(load_model(find_checkpoint(tmp_path / "split")).named_parameters())
-    for n, p in a.named_parameters():
-        torch.testing.assert_close(p, b[n], rtol=0, atol=1e-6)
+    whole, split = whole_and_split_runs(train, lambda out, **kw: _cfg(tiny_policy, train_file, out, steps=4, **kw),
+                                        tmp_path)
+    assert [m["loss"] for m in split] == pytest.approx([m["loss"] for m in whole], abs=1e-6)
 
 
 def test_precomputed_reference_logps_give_the_same_run(tiny_policy: Path, hhh_records: list[dict],

@@ -8,7 +8,7 @@ import torch
 
 from training.core.config import ModelConfig
 from training.core.interop import InteropError
-from training.core.interop.gguf import export_gguf, import_gguf, permute_qk, read_gguf, unpermute_qk
+from training.core.interop.gguf import add_llama_hparams, export_gguf, import_gguf, permute_qk, read_gguf, unpermute_qk
 from training.core.model import Transformer
 
 gguf = pytest.importorskip("gguf")
@@ -195,19 +195,9 @@ def _sentencepiece_gguf(path, texts, model: Transformer | None = None, tmp=None)
     writer = gguf.GGUFWriter(str(path), arch="llama")
     tensors = []
     if model is not None:
-        cfg = model.cfg
         src = read_gguf(export_gguf(model, None, tmp / "weights.gguf"))
         tensors = [(t.name, np.array(t.data)) for t in src.tensors]
-        writer.add_block_count(cfg.n_layers)
-        writer.add_context_length(cfg.max_seq_len)
-        writer.add_embedding_length(cfg.dim)
-        writer.add_feed_forward_length(cfg.hidden_dim)
-        writer.add_head_count(cfg.n_heads)
-        writer.add_head_count_kv(cfg.kv_heads)
-        writer.add_rope_freq_base(cfg.rope_theta)
-        writer.add_rope_dimension_count(cfg.head_dim)
-        writer.add_layer_norm_rms_eps(cfg.norm_eps)
-        writer.add_vocab_size(cfg.vocab_size)
+        add_llama_hparams(writer, model.cfg)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(pieces)

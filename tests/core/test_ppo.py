@@ -18,6 +18,8 @@ from training.core.loops.ppo import HEALTH_FLAGS, METRICS, PolicyWithValue, trai
 from training.core.model import Transformer
 from training.core.rollout import pack, response_view, sample_responses, score_responses
 
+from .runs import cancel_after_first_step, whole_and_split_runs
+
 # ---- pure functions -------------------------------------------------------------------------
 
 
@@ -186,22 +188,12 @@ def test_every_trainable_parameter_changes_in_a_step(tiny_policy: Path, hhh_reco
 
 def test_resume_equals_uninterrupted(tiny_policy: Path, hhh_records: list[dict], tmp_path: Path) -> None:
     train_file = _prompts(hhh_records, tmp_path / "prompts.jsonl", 16)
-    whole = RecordingCallbacks()
-    train(_cfg(tiny_policy, train_file, tmp_path / "whole", steps=4), whole)
-    first = RecordingCallbacks(stop_at_step=2)
-    s1 = train(_cfg(tiny_policy, train_file, tmp_path / "split", steps=4), first)
-    assert s1["status"] == "cancelled" and s1["step"] == 2
-    second = RecordingCallbacks()
-    s2 = train(_cfg(tiny_policy, train_file, tmp_path / "split", steps=4, resume_from="auto"), second)
-    assert s2["status"] == "completed" and s2["start_step"] == 2
+    whole, split = whole_and_split_runs(train, lambda out, **kw: _cfg(tiny_policy, train_file, out, steps=4, **kw),
+                                        tmp_path)
     keys = ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg")
-    got = [m[k] for _, m in first.steps + second.steps for k in keys]
-    want = [m[k] for _, m in whole.steps for k in keys]
+    got = [m[k] for m in split for k in keys]
+    want = [m[k] for m in whole for k in keys]
     assert got == pytest.approx(want, abs=1e-6)
-    a, b = load_model(find_checkpoint(tmp_path / "whole")), dict(load_model(find_checkpoint(tmp_path / "split"))
-                                                                 .named_parameters())
-    for n, p in a.named_parameters():
-        torch.testing.assert_close(p, b[n], rtol=0, atol=1e-6)
 
 
 def test_health_flags_follow_the_thresholds(tiny_policy: Path, hhh_records: list[dict], tmp_path: Path) -> None:
@@ -323,28 +315,9 @@ def test_two_rank_fsdp_run_completes(tiny_policy: Path, hhh_records: list[dict],
 
 def test_sigterm_checkpoints_and_exits_cancelled(tiny_policy: Path, hhh_records: list[dict], tmp_path: Path) -> None:
     """A SIGTERM (the studio's cancel) ends the step, writes a checkpoint, exit code 3; resume continues."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     train_file = _prompts(hhh_records, tmp_path / "prompts.jsonl", 16)
     cfg = _cfg(tiny_policy, train_file, tmp_path / "run", steps=100_000)
-    config_file, events = tmp_path / "run.json", tmp_path / "events.jsonl"
-    config_file.write_text(cfg.to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "training.core.cli", "ppo", "-q", "--config", str(config_file),
-                             "--events", str(events)], cwd=Path(__file__).resolve().parents[2],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        while proc.poll() is None and not (events.exists() and '"event": "step"' in events.read_text()):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, err[-3000:]
-    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    lines = cancel_after_first_step("ppo", cfg, tmp_path)
     end = lines[-1]["summary"]
     assert end["status"] == "cancelled" and 0 < end["step"] < 100_000
     assert any(e["event"] == "checkpoint" and e["step"] == end["step"] for e in lines)

@@ -16,6 +16,8 @@ from training.core.data.sft import SFTExample, collate_rows, pack_rows, record_m
 from training.core.loops.sft import train
 from training.core.tokenizer import StudioTokenizer, train_tokenizer
 
+from .runs import cancel_after_first_step
+
 CONVERSATION = [
     {"role": "system", "content": "You answer briefly."},
     {"role": "user", "content": "What is AI?"},
@@ -283,27 +285,8 @@ def test_sft_on_natural_instructions(chat_base: dict[str, Path], corpus_cache: P
 
 def test_sigterm_checkpoints_and_exits_cancelled(chat_base: dict[str, Path], sft_file: Path, tmp_path: Path) -> None:
     """A SIGTERM (the studio's cancel) ends the step, writes a checkpoint, exit code 3; resume continues."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     cfg = sft_config(chat_base, sft_file, tmp_path / "run", steps=100_000)
-    config_file, events = tmp_path / "run.json", tmp_path / "events.jsonl"
-    config_file.write_text(cfg.to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "training.core.cli", "sft", "-q", "--config", str(config_file),
-                             "--events", str(events)], cwd=Path(__file__).resolve().parents[2],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        while proc.poll() is None and not (events.exists() and '"event": "step"' in events.read_text()):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, err[-3000:]
-    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    lines = cancel_after_first_step("sft", cfg, tmp_path)
     end = lines[-1]["summary"]
     assert end["status"] == "cancelled" and 0 < end["step"] < 100_000
     assert any(e["event"] == "checkpoint" and e["step"] == end["step"] for e in lines)

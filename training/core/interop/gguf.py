@@ -266,6 +266,38 @@ def _merges_from_scores(tokens: list[str], scores: list[float], usable: set[str]
     return [(a, b) for _, _, _, a, b in found]
 
 
+def _role_token(reader: Any, tokens: list[str], key: str) -> str | None:
+    """The token named by the file's ``tokenizer.ggml.<key>_token_id``, when set and in range."""
+    i = _field(reader, f"tokenizer.ggml.{key}_token_id")
+    return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+
+def _studio_tokenizer(reader: Any, tok: Any, tokens: list[str], control: list[str],
+                      unk: str | None) -> "StudioTokenizer":
+    """Wrap a rebuilt ``tokenizers.Tokenizer`` with the file's special tokens, chat template and context."""
+    from training.core.tokenizer import StudioTokenizer
+
+    specials = {"bos": _role_token(reader, tokens, "bos"), "eos": _role_token(reader, tokens, "eos"),
+                "pad": _role_token(reader, tokens, "padding"), "unk": unk, "mask": None}
+    return StudioTokenizer(tok, special_tokens=specials, additional_special_tokens=control,
+                           chat_template=_field(reader, "tokenizer.chat_template"),
+                           model_max_length=_field(reader, "llama.context_length"))
+
+
+def add_llama_hparams(writer: Any, cfg: Any) -> None:
+    """Write ``cfg``'s shape as the ``llama.*`` hyper-parameters of a ``gguf.GGUFWriter``."""
+    writer.add_block_count(cfg.n_layers)
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.dim)
+    writer.add_feed_forward_length(cfg.hidden_dim)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+
+
 def _sentencepiece_tokenizer(reader: Any, tokens: list[str], types: list[int]) -> "StudioTokenizer":
     """Rebuild a SentencePiece (``tokenizer.ggml.model == "llama"``) tokenizer: BPE over the pieces
     (spaces spelled ``▁``) with merges from the file or from the scores, ``<0xXX>`` byte fallback,
@@ -273,8 +305,6 @@ def _sentencepiece_tokenizer(reader: Any, tokens: list[str], types: list[int]) -
     No splitting before the merges, like llama.cpp's tokenizer.
     Unknown and control tokens become special tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
-
-    from training.core.tokenizer import StudioTokenizer
 
     scores: list[float] = _field(reader, "tokenizer.ggml.scores") or [-float(i) for i in range(len(tokens))]
     if len(scores) != len(tokens) or len(types) != len(tokens):
@@ -308,22 +338,13 @@ def _sentencepiece_tokenizer(reader: Any, tokens: list[str], types: list[int]) -
     if user:
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
 
-    def role(key: str) -> str | None:
-        i = _field(reader, f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
-
-    specials = {"bos": role("bos"), "eos": role("eos"), "pad": role("padding"), "unk": unk, "mask": None}
-    return StudioTokenizer(tok, special_tokens=specials, additional_special_tokens=control,
-                           chat_template=_field(reader, "tokenizer.chat_template"),
-                           model_max_length=_field(reader, "llama.context_length"))
+    return _studio_tokenizer(reader, tok, tokens, control, unk)
 
 
 def tokenizer_from_gguf(reader: Any) -> "StudioTokenizer":
     """Rebuild the tokenizer stored in a GGUF file's metadata: byte-level BPE (``gpt2``) or
     SentencePiece (``llama``)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-
-    from training.core.tokenizer import StudioTokenizer
 
     kind = _field(reader, "tokenizer.ggml.model")
     if kind == "llama":
@@ -362,15 +383,7 @@ def tokenizer_from_gguf(reader: Any) -> "StudioTokenizer":
     if user:
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
 
-    def role(key: str) -> str | None:
-        i = _field(reader, f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
-
-    specials = {"bos": role("bos"), "eos": role("eos"), "pad": role("padding"), "unk": role("unknown"),
-                "mask": None}
-    return StudioTokenizer(tok, special_tokens=specials, additional_special_tokens=control,
-                           chat_template=_field(reader, "tokenizer.chat_template"),
-                           model_max_length=_field(reader, "llama.context_length"))
+    return _studio_tokenizer(reader, tok, tokens, control, _role_token(reader, tokens, "unknown"))
 
 
 def import_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
@@ -454,16 +467,7 @@ def export_gguf(model: Transformer, tokenizer: "StudioTokenizer | None", path: s
     with atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch="llama")
         writer.add_name(name)
-        writer.add_block_count(cfg.n_layers)
-        writer.add_context_length(cfg.max_seq_len)
-        writer.add_embedding_length(cfg.dim)
-        writer.add_feed_forward_length(cfg.hidden_dim)
-        writer.add_head_count(cfg.n_heads)
-        writer.add_head_count_kv(cfg.kv_heads)
-        writer.add_rope_freq_base(cfg.rope_theta)
-        writer.add_rope_dimension_count(cfg.head_dim)
-        writer.add_layer_norm_rms_eps(cfg.norm_eps)
-        writer.add_vocab_size(cfg.vocab_size)
+        add_llama_hparams(writer, cfg)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16)
         if tokenizer is not None and meta is not None:
             writer.add_tokenizer_model("gpt2")
