@@ -30,7 +30,7 @@ from torch import nn
 
 from training.core.checkpoint import CheckpointError, find_checkpoint
 from training.core.config import ConfigError, PostTrainingConfig
-from training.core.distributed import DistContext, barrier, broadcast_object, parallelize
+from training.core.distributed import DistContext, all_reduce_max, barrier, broadcast_object, parallelize
 from training.core.tokenizer import StudioTokenizer
 
 __all__ = ["load_start", "resolve_resume", "checkpoint_config", "write_plain_weights", "prepare_out_dir",
@@ -255,6 +255,37 @@ def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm), float(lr)
+
+
+def report_start(cb: Any, cfg: Any, kind: str, model: nn.Module, ctx: DistContext,
+                 amp: Callable[[], ContextManager[Any]], *, start_step: int, out_dir: Path, init_from: str,
+                 data_info: dict[str, Any]) -> None:
+    """Report a run's start through ``cb.on_start`` (config, placement, parameter counts, data
+    summary), then each record the data preparation skipped."""
+    cb.on_start({"config": cfg.to_dict(), "kind": kind, "world_size": ctx.world_size, "device": str(ctx.device),
+                 "dtype": amp_name(amp),
+                 "n_params": int(sum(p.numel() for p in model.parameters())),
+                 "n_trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+                 "start_step": start_step, "total_steps": cfg.steps, "out_dir": str(out_dir),
+                 "init_from": init_from, **data_info})
+    for problem in data_info["problems"]:
+        cb.on_log(f"skipped {problem}")
+
+
+def stop_or_checkpoint(step: int, cfg: Any, ctx: DistContext, stop: Any, cb: Any,
+                       checkpoint: Callable[[int], str]) -> tuple[bool, str | None]:
+    """End of a training step (collective): every rank agrees whether to stop (a SIGTERM may reach
+    only some ranks). Before the last step, a stop or a ``cfg.ckpt_every`` step writes a checkpoint
+    through ``checkpoint(step)``; the last step's checkpoint is the caller's. Returns
+    ``(cancelled, checkpoint path or None)``."""
+    stop_now = all_reduce_max(float(stop.requested or cb.should_stop()), ctx) > 0
+    if step >= cfg.steps:
+        return False, None
+    if stop_now:
+        return True, checkpoint(step)
+    if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+        return False, checkpoint(step)
+    return False, None
 
 
 def write_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -35,7 +35,6 @@ from training.core.data.preference import PreferencePair, collate_pairs, tokeniz
 from training.core.data.records import IndexSampler, read_records, split_records
 from training.core.distributed import (
     DistContext,
-    all_reduce_max,
     broadcast_object,
     destroy_distributed,
     init_distributed,
@@ -47,6 +46,7 @@ from training.core.loops.common import (
     optimizer_step,
     prepare_out_dir,
     resolve_resume,
+    stop_or_checkpoint,
 )
 from training.core.loops.policy import amp_factory, check_same_base, frozen, load_model_for, shard
 
@@ -298,13 +298,11 @@ def _train(cfg: DPOConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
             if eval_pairs and cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval = evaluate()
                 cb.on_eval(step, last_eval)
-            stop_now = all_reduce_max(float(stop.requested or cb.should_stop()), ctx) > 0
-            if stop_now and step < cfg.steps:
+            cancelled, path = stop_or_checkpoint(step, cfg, ctx, stop, cb, checkpoint)
+            last_ckpt = path or last_ckpt
+            if cancelled:
                 status = "cancelled"
-                last_ckpt = checkpoint(step)
                 break
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                last_ckpt = checkpoint(step)
 
     # ---- the end ------------------------------------------------------------------------------
     if status == "completed" and step > start_step:

@@ -46,7 +46,6 @@ from training.core.config import ConfigError, ModelConfig, PPOConfig
 from training.core.data.records import IndexSampler, read_records
 from training.core.distributed import (
     DistContext,
-    all_reduce_max,
     broadcast_object,
     destroy_distributed,
     init_distributed,
@@ -62,7 +61,13 @@ from training.core.losses import (
     ppo_value_loss,
     token_logprobs,
 )
-from training.core.loops.common import check_seq_len, checkpoint_config, prepare_out_dir, resolve_resume
+from training.core.loops.common import (
+    check_seq_len,
+    checkpoint_config,
+    prepare_out_dir,
+    resolve_resume,
+    stop_or_checkpoint,
+)
 from training.core.loops.policy import (
     amp_factory,
     architecture_fingerprint,
@@ -368,13 +373,11 @@ def _train(cfg: PPOConfig, callbacks: Callbacks, ctx: DistContext) -> dict[str, 
                 cb.on_log(f"non-finite PPO statistics at step {step}; stopping (lower optim.lr or kl_coef)")
                 status = "diverged"
                 break
-            stop_now = all_reduce_max(float(stop.requested or cb.should_stop()), ctx) > 0
-            if stop_now and step < cfg.steps:
+            cancelled, path = stop_or_checkpoint(step, cfg, ctx, stop, cb, checkpoint)
+            last_ckpt = path or last_ckpt
+            if cancelled:
                 status = "cancelled"
-                last_ckpt = checkpoint(step)
                 break
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                last_ckpt = checkpoint(step)
 
     # ---- the end ------------------------------------------------------------------------------
     if status == "completed" and step > start_step:

@@ -43,12 +43,12 @@ from training.core.checkpoint import (
 from training.core.config import ConfigError, PretrainConfig
 from training.core.distributed import (
     DistContext,
-    all_reduce_max,
     broadcast_object,
     destroy_distributed,
     init_distributed,
     parallelize,
 )
+from training.core.loops.common import optimizer_step, stop_or_checkpoint
 
 __all__ = ["train", "forward_backward", "evaluate", "autocast_dtype", "peak_flops", "StopSignal", "mlm_batch"]
 
@@ -374,14 +374,7 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
 
             loss_value = forward_backward(model, micro, ctx, amp)
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"), foreach=True)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()  # DTensor under FSDP2
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.optim.grad_clip)
             step += 1
             steps_done += 1
             tokens_seen += global_batch_tokens
@@ -394,8 +387,8 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
                 tps = cfg.tokens_per_step / dt  # per device, as torchtitan reports it
                 metrics = {
                     "loss": loss_value,
-                    "lr": float(lr),
-                    "grad_norm": float(grad_norm),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
                     "throughput(tps)": tps,
                     "throughput/global(tps)": tps * ctx.world_size,
                     "tflops": flops_per_token * tps / 1e12,
@@ -419,14 +412,11 @@ def _train(cfg: PretrainConfig, callbacks: Callbacks, ctx: DistContext) -> dict[
             if val_batches and cfg.eval_every and step % cfg.eval_every == 0:
                 last_val = evaluate(model, val_batches, cfg, ctx, amp(), tok_info)
                 cb.on_eval(step, last_val)
-            # every rank must agree on stopping (a SIGTERM may reach only some ranks)
-            stop_now = all_reduce_max(float(stop.requested or cb.should_stop()), ctx) > 0
-            if stop_now and step < cfg.steps:
+            cancelled, path = stop_or_checkpoint(step, cfg, ctx, stop, cb, checkpoint)
+            last_ckpt = path or last_ckpt
+            if cancelled:
                 status = "cancelled"
-                last_ckpt = checkpoint(step)
                 break
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                last_ckpt = checkpoint(step)
 
     # ---- the end --------------------------------------------------------------------------
     if status == "completed" and step > start_step:

@@ -34,17 +34,18 @@ from training.core.checkpoint import CheckpointError, find_checkpoint, load_chec
 from training.core.config import ConfigError, RewardConfig
 from training.core.data.preference import PreferencePair, collate_pairs, tokenize_pairs
 from training.core.data.records import IndexSampler, read_records, split_records
-from training.core.distributed import DistContext, all_reduce_max, destroy_distributed, init_distributed
+from training.core.distributed import DistContext, destroy_distributed, init_distributed
 from training.core.heads import RewardModel
 from training.core.loops.common import (
-    amp_name,
     check_seq_len,
     checkpoint_config,
     load_start,
     optimizer_step,
     prepare_model,
     prepare_out_dir,
+    report_start,
     resume_if_asked,
+    stop_or_checkpoint,
     write_checkpoint,
 )
 from training.core.loops.pretrain import StopSignal
@@ -259,14 +260,8 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
 
     prepare_out_dir(cfg, tokenizer, out_dir, ctx, run_config)
 
-    cb.on_start({"config": cfg.to_dict(), "kind": "reward", "world_size": ctx.world_size, "device": str(ctx.device),
-                 "dtype": amp_name(amp),
-                 "n_params": int(sum(p.numel() for p in model.parameters())),
-                 "n_trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-                 "start_step": start_step, "total_steps": cfg.steps, "out_dir": str(out_dir),
-                 "init_from": start_info["source"], **data_info})
-    for problem in data_info["problems"]:
-        cb.on_log(f"skipped {problem}")
+    report_start(cb, cfg, "reward", model, ctx, amp, start_step=start_step, out_dir=out_dir,
+                 init_from=start_info["source"], data_info=data_info)
 
     def checkpoint(step: int) -> str:
         path = write_checkpoint(out_dir, step, model, optimizer, ctx, config=run_config(), keep_last=cfg.keep_last,
@@ -316,13 +311,11 @@ def _train(cfg: RewardConfig, callbacks: Callbacks, ctx: DistContext) -> dict[st
             if eval_pairs and cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval, table = evaluate(model, eval_pairs, cfg, tokenizer.pad_id, ctx, amp())
                 cb.on_eval(step, last_eval)
-            stop_now = all_reduce_max(float(stop.requested or cb.should_stop()), ctx) > 0
-            if stop_now and step < cfg.steps:
+            cancelled, path = stop_or_checkpoint(step, cfg, ctx, stop, cb, checkpoint)
+            last_ckpt = path or last_ckpt
+            if cancelled:
                 status = "cancelled"
-                last_ckpt = checkpoint(step)
                 break
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                last_ckpt = checkpoint(step)
 
     # ---- the end --------------------------------------------------------------------------
     if status == "completed" and step > start_step:
