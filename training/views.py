@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
@@ -286,17 +287,20 @@ class RunMetricsView(generics.ListAPIView):
 
 
 class RunLogView(APIView):
-    """The last lines of a run's log (its child processes' output)."""
+    """The last ``?lines=N`` lines (200 by default, at most 5000) of a run's log (its child processes'
+    output). Subclasses name another model with a ``log_path`` and the most bytes to read."""
 
     required_role = BUILDER
+    model: Any = Run
+    max_bytes = 2_000_000
 
     @extend_schema(parameters=[OpenApiParameter("lines", int)],
                    responses=inline_serializer("RunLog", {"text": serializers.CharField()}))
     def get(self, request, pk: int):  # noqa: ANN001, ANN201
-        run = get_object_or_404(Run, pk=pk)
+        job = get_object_or_404(self.model, pk=pk)
         lines = request.query_params.get("lines", "200")
         n = int(lines) if lines.isdigit() else 200
-        return Response({"text": log_tail(run.log_path, min(max(n, 1), 5000), max_bytes=2_000_000)})
+        return Response({"text": log_tail(job.log_path, min(max(n, 1), 5000), max_bytes=self.max_bytes)})
 
 
 class CheckpointListView(generics.ListAPIView):

@@ -297,6 +297,13 @@ def _enqueue(run_id: int) -> None:
     curate_job(run_id)
 
 
+def _queue_on_commit(run_id: int, user: Any, **extra: Any) -> None:
+    """Once the transaction commits: announce the run as queued and hand it to the worker."""
+    transaction.on_commit(lambda: publish_curation(run_id, "curation.status", {"status": "queued", **extra},
+                                                   studio_wide=True, actor=user))
+    transaction.on_commit(lambda: _enqueue(run_id))
+
+
 def do_create_curation(user: Any, *, name: str = "", recipe: Any = None, sources: list[Any] | None = None,
                        workers: int = 1, shard_docs: int = 5000, output_format: str = "jsonl") -> CurationRun:
     """Validate and create a curation run over ``sources`` (ids), then enqueue it on commit."""
@@ -333,10 +340,7 @@ def do_create_curation(user: Any, *, name: str = "", recipe: Any = None, sources
             workers=int(workers), shard_docs=int(shard_docs), output_format=output_format,
             created_by=user if getattr(user, "pk", None) else None)
         run.sources.set([found[i] for i in ids])
-        rid = run.pk
-        transaction.on_commit(lambda: publish_curation(rid, "curation.status", {"status": "queued"},
-                                                       studio_wide=True, actor=user))
-        transaction.on_commit(lambda: _enqueue(rid))
+        _queue_on_commit(run.pk, user)
     return run
 
 
@@ -367,10 +371,7 @@ def do_resume_curation(run: CurationRun, user: Any) -> CurationRun:
             raise _error(CURATION_NOT_RESUMABLE, f"Curation run {run.pk} is {run.status}.", 409)
         run.status, run.cancel_requested, run.finished_at, run.error = "queued", False, None, {}
         run.save(update_fields=["status", "cancel_requested", "finished_at", "error"])
-        rid = run.pk
-        transaction.on_commit(lambda: publish_curation(rid, "curation.status", {"status": "queued", "resumed": True},
-                                                       studio_wide=True, actor=user))
-        transaction.on_commit(lambda: _enqueue(rid))
+        _queue_on_commit(run.pk, user, resumed=True)
     return run
 
 

@@ -29,6 +29,7 @@ from training.datastudio.serializers import (
 )
 from training.launch import log_tail
 from training.models.datastudio import DOMAINS, CurationRun, DataSource
+from training.views import RunLogView
 
 MAX_UPLOAD_BYTES = 512 * 2**20  # the web server's own cap; the core's SourceLimits apply inside it
 
@@ -424,15 +425,11 @@ class CurationDatasheetView(APIView):
         return Response({"markdown": text})
 
 
-class CurationLogView(APIView):
+class CurationLogView(RunLogView):
     """The last lines of a curation run's log."""
 
-    required_role = BUILDER
-
-    @extend_schema(responses=inline_serializer("CurationLog", {"text": serializers.CharField()}))
-    def get(self, request, pk: int):  # noqa: ANN001, ANN201
-        run = get_object_or_404(CurationRun, pk=pk)
-        return Response({"text": log_tail(run.log_path, 200, max_bytes=400_000)})
+    model = CurationRun
+    max_bytes = 400_000
 
 
 # ---- pages ------------------------------------------------------------------------------------------------

@@ -82,6 +82,28 @@
     }
   }
 
+  // A select's value as an id, or null when nothing is chosen.
+  const optionalId = (el) => (el.value ? Number(el.value) : null);
+  // The process fields every new-run form has (training/_run_resources.html).
+  const processFields = (form) => ({
+    nproc: Number(form.elements.nproc.value || 1), threads: Number(form.elements.threads.value || 0),
+  });
+
+  // On submit: read the config (null when the extra JSON is invalid), POST the body that `makeBody(config)`
+  // returns to /api/runs/ and open the new run, or show the errors next to the fields.
+  function submitRunOnSubmit(form, makeBody) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearErrors(form);
+      const config = readConfigWithExtra(form);
+      if (config === null) return;
+      try {
+        const run = await api("POST", "/api/runs/", makeBody(config));
+        location.href = `/runs/${run.id}/`;
+      } catch (err) { showErrors(form, err); }
+    });
+  }
+
   function pretrainingPage() {
     const presets = JSON.parse(document.getElementById("presets-data").textContent);
     const form = document.getElementById("new-run-form");
@@ -89,24 +111,14 @@
     const fillPreset = () => fillConfig(form, presets[presetSel.value].config);
     presetSel.addEventListener("change", fillPreset);
     fillPreset();
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
-      clearErrors(form);
-      const config = readConfigWithExtra(form);
-      if (config === null) return;
-      const body = {
-        kind: "pretrain", name: form.elements.name.value, config,
-        dataset: form.elements.dataset.value ? Number(form.elements.dataset.value) : null,
-        tokenizer: form.elements.tokenizer.value ? Number(form.elements.tokenizer.value) : null,
-        parent_checkpoint: form.elements.parent_checkpoint.value ? Number(form.elements.parent_checkpoint.value) : null,
-        nproc: Number(form.elements.nproc.value || 1), threads: Number(form.elements.threads.value || 0),
-        gpus: form.elements.gpus.value,
-      };
-      try {
-        const run = await api("POST", "/api/runs/", body);
-        location.href = `/runs/${run.id}/`;
-      } catch (err) { showErrors(form, err); }
-    });
+    submitRunOnSubmit(form, (config) => ({
+      kind: "pretrain", name: form.elements.name.value, config,
+      dataset: optionalId(form.elements.dataset),
+      tokenizer: optionalId(form.elements.tokenizer),
+      parent_checkpoint: optionalId(form.elements.parent_checkpoint),
+      ...processFields(form),
+      gpus: form.elements.gpus.value,
+    }));
     const demo = document.getElementById("demo-button");
     demo.addEventListener("click", async () => {
       demo.disabled = true;
@@ -156,22 +168,12 @@
     kindSel.addEventListener("change", fillKind);
     presetSel.addEventListener("change", fillPreset);
     fillKind();
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
-      clearErrors(form);
-      const config = readConfigWithExtra(form);
-      if (config === null) return;
-      const body = {
-        kind: kindSel.value, name: form.elements.name.value, preset: presetSel.value, config, base: form.elements.base.value,
-        snapshot: form.elements.snapshot.value ? Number(form.elements.snapshot.value) : null,
-        reward: kindSel.value === "ppo" ? form.elements.reward.value : "",
-        nproc: Number(form.elements.nproc.value || 1), threads: Number(form.elements.threads.value || 0),
-      };
-      try {
-        const run = await api("POST", "/api/runs/", body);
-        location.href = `/runs/${run.id}/`;
-      } catch (err) { showErrors(form, err); }
-    });
+    submitRunOnSubmit(form, (config) => ({
+      kind: kindSel.value, name: form.elements.name.value, preset: presetSel.value, config, base: form.elements.base.value,
+      snapshot: optionalId(form.elements.snapshot),
+      reward: kindSel.value === "ppo" ? form.elements.reward.value : "",
+      ...processFields(form),
+    }));
     followStatuses();
   }
 
