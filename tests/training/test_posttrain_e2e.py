@@ -109,7 +109,10 @@ def test_policy_runs_train_from_a_snapshot(builder, base, huey_immediate, django
 
 def test_cancelled_run_resumes_from_its_checkpoint(builder, base, huey_immediate, django_capture_on_commit_callbacks,
                                                    monkeypatch):  # noqa: ANN001
-    """Cancel as soon as the first checkpoint is recorded; resuming continues from it and finishes."""
+    """Cancel as soon as the first checkpoint is recorded; resuming continues from it and finishes.
+
+    The run is long (200 steps) so that the cancel, which the supervisor notices on its next poll,
+    always arrives before the last step even on a loaded machine."""
     from training.reporting import RunReporter
 
     original = RunReporter.handle
@@ -123,15 +126,15 @@ def test_cancelled_run_resumes_from_its_checkpoint(builder, base, huey_immediate
     snap = make_snapshot(builder, 12)
     with django_capture_on_commit_callbacks(execute=True):
         run = actions.do_create_run(builder, kind="dpo", base=base.ref, snapshot=snap.pk, threads=1,
-                                    config=fast("dpo", steps=40, ckpt_every=2, eval_every=0))
+                                    config=fast("dpo", steps=200, ckpt_every=5, eval_every=0))
     run = Run.objects.get(pk=run.pk)
     assert run.status == "cancelled", (run.error, run.log_path.read_text())
     stopped_at = max(Checkpoint.objects.filter(run=run).values_list("step", flat=True))
-    assert 2 <= stopped_at < 40
+    assert 5 <= stopped_at < 200
     with django_capture_on_commit_callbacks(execute=True):
         actions.do_resume_run(run, builder)
     run = Run.objects.get(pk=run.pk)
     assert run.status == "succeeded" and run.attempt == 2, (run.error, run.log_path.read_text())
-    assert run.current_step == 40
+    assert run.current_step == 200
     steps = list(MetricPoint.objects.filter(run=run, kind="train").values_list("step", flat=True))
-    assert steps == sorted(set(steps)) and steps[-1] == 40  # no step recorded twice after the resume
+    assert steps == sorted(set(steps)) and steps[-1] == 200  # no step recorded twice after the resume
