@@ -22,7 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
-from labeling.imports import ItemSpec, parse_jsonl
+from labeling.imports import ItemSpec, parse_jsonl, pre_annotation_record
 from labeling.models import (
     ASSIGN_ACTIVE,
     ASSIGN_EXPIRED,
@@ -102,12 +102,17 @@ class ImportResult:
     responses: int = 0
     items: int = 0
     judgements: int = 0
+    # of the responses: candidates written by the tools' models (Argilla suggestions, Label Studio
+    # predictions); and those models' answers about the responses, kept as pre-annotations
+    suggested_responses: int = 0
+    pre_annotations: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     stored: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {"prompts": self.prompts, "responses": self.responses, "items": self.items,
-                "judgements": self.judgements, "errors": self.errors, "stored": self.stored}
+                "judgements": self.judgements, "suggested_responses": self.suggested_responses,
+                "pre_annotations": self.pre_annotations, "errors": self.errors, "stored": self.stored}
 
 
 class ImportRefused(StudioAPIError):
@@ -133,9 +138,10 @@ def _check_spec(project: Project, spec: ItemSpec) -> str | None:
             return (f"{ann['annotator']}'s answer ({given}) does not fit a {task} project with {n} responses"
                     + (" (a ranking must rank every response, ratings must rate each one)"
                        if task in (TASK_RANKING, TASK_RATING) else ""))
-    if spec.kind == "item" and spec.judgement is None and n:
-        if task in (TASK_PAIRWISE, TASK_RANKING) and n < 2:
-            return f"a {task} project needs at least 2 responses per prompt (got {n})"
+    total = n + len(spec.suggested)
+    if spec.kind == "item" and spec.judgement is None and total:
+        if task in (TASK_PAIRWISE, TASK_RANKING) and total < 2:
+            return f"a {task} project needs at least 2 responses per prompt (got {total})"
         if spec.gold and task == TASK_PAIRWISE and n != 2:
             return "a pairwise gold item needs exactly 2 responses"
         if spec.gold and "ranking" in spec.gold and sorted(spec.gold["ranking"]) != list(range(n)):
@@ -184,23 +190,38 @@ def _shuffle(n: int, rng: random.Random) -> list[int]:
     return order  # order[position] = listed index
 
 
+def _item_groups(project: Project, spec: ItemSpec, n: int, total: int) -> list[list[int]]:
+    """Listed indices of each item a line makes: a pairwise project's unjudged line one item per
+    pair, else one item. Candidates the tools' models wrote (indices ``n…total-1``) join the items
+    of an unjudged line; next to what the tools' annotators judged they get items of their own."""
+    if spec.kind == "item" and spec.judgement is None and project.task_type == TASK_PAIRWISE and total > 2:
+        return ([[i, j] for i in range(n) for j in range(i + 1, n)]
+                + [[i, j] for j in range(n, total) for i in range(j)])
+    if spec.annotations and total > n:
+        return [list(range(n)), list(range(total))]
+    return [list(range(total))]
+
+
 def _store_spec(project: Project, spec: ItemSpec, user: Any, rng: random.Random, result: ImportResult,
                 authors: dict[str, Any]) -> None:
     prompt = Prompt.objects.create(project=project, messages=spec.messages, external_id=spec.external_id,
                                    metadata=spec.metadata)
     result.prompts += 1
     responses = [Response.objects.create(prompt=prompt, text=r["text"], source_kind=r["source"],
-                                         model_name=r.get("model", ""), author=authors.get(r.get("author", "")))
-                 for r in spec.responses]
+                                         model_name=r.get("model", ""), author=authors.get(r.get("author", "")),
+                                         metadata=r.get("metadata") or {})
+                 for r in spec.responses + spec.suggested]
     result.responses += len(responses)
+    result.suggested_responses += len(spec.suggested)
+    if spec.pre_annotations:  # the tools' models' answers: kept with the prompt, never judgements
+        prompt.metadata = {**prompt.metadata, "pre_annotations": [
+            pre_annotation_record(p, [r.pk for r in responses]) for p in spec.pre_annotations]}
+        prompt.save(update_fields=["metadata"])
+        result.pre_annotations += len(spec.pre_annotations)
     if not responses:
         return
-    groups: list[list[int]]
-    if spec.kind == "item" and spec.judgement is None and project.task_type == TASK_PAIRWISE and len(responses) > 2:
-        groups = [[i, j] for i in range(len(responses)) for j in range(i + 1, len(responses))]
-    else:
-        groups = [list(range(len(responses)))]
-    for listed in groups:
+    n = len(spec.responses)
+    for listed in _item_groups(project, spec, n, len(responses)):
         order = _shuffle(len(listed), rng)
         if spec.keep_order and spec.judgement is None and not spec.gold:
             order = list(range(len(listed)))
@@ -231,7 +252,7 @@ def _store_spec(project: Project, spec: ItemSpec, user: Any, rng: random.Random,
             item.complete = True
             item.save(update_fields=["submitted_count", "complete"])
             result.judgements += 1
-        if spec.annotations:  # other tools' annotators: one imported judgement each; the item is done
+        if spec.annotations and max(listed) < n:  # other tools' annotators: one judgement each; the item is done
             for ann in spec.annotations:
                 Judgement.objects.create(project=project, item=item, imported=True,
                                          annotator=_tool_annotator(ann["annotator"], authors),

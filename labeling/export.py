@@ -8,12 +8,22 @@ and return plain records (dicts) in the formats trainers know (TRL dataset forma
 - ``sft``: ``{messages}`` from corrected answers (annotators' and moderators')
 - ``battles``: Chatbot-Arena style battle records ``{model_a, model_b, winner, judge, …}``
 
-Preference records also carry the item's agreement: ``n_votes`` (the judgements behind the
-item) and ``agreement`` (the share of them that agree with this record's order of chosen over
-rejected, 0–1), so that trainers can weight or filter pairs. Every record also carries lineage columns: ``id`` (the prompt's external id, else ``item-<id>``
-or ``report-<id>``) and, where they apply, ``chosen_model`` / ``rejected_model`` / ``model`` and
-``category`` (report category). This module imports no Django; training code may import it.
-Records are written as JSONL or Parquet (pyarrow, imported lazily).
+Every record of every format carries the same quality and lineage columns, so that trainers can
+weight or filter rows and trace them back:
+
+- ``n_votes``: the judgements behind the item (one per annotator: an item takes one judgement
+  from each, so this is also its annotator count); 1 for a moderator's report correction;
+- ``agreement``: the share of those votes that agree with what this row says (0–1): for a
+  preference pair, the votes ordering chosen over rejected; for a KTO row, those giving its
+  label; for an SFT row, the annotators who wrote the same correction; for a battle, the votes
+  with the same winner;
+- ``id`` (the prompt's external id, else ``item-<id>`` or ``report-<id>``; battles call it
+  ``question_id``), ``category`` (the prompt's or report's category, else null) and, where they
+  apply, ``chosen_model`` / ``rejected_model`` / ``model``.
+
+Imported rows keep the ``agreement`` / ``n_votes`` they arrived with (their votes are not in
+this database), so export → import → export is lossless. This module imports no Django;
+training code may import it. Records are written as JSONL or Parquet (pyarrow, imported lazily).
 """
 
 from __future__ import annotations
@@ -87,6 +97,9 @@ def _mean_rating(judgements: list[Record], response_id: int) -> float | None:
 
 def _share(agree: int, votes: int) -> float:
     return round(agree / votes, 4) if votes else 0.0
+
+
+REPORT_VOTES = (1.0, 1)  # (agreement, n_votes) of a report correction: one moderator's decision
 
 
 def _pairs_from_item(item: Record, aggregate: str) -> Iterable[tuple[Record, Record, int | None, tuple[float, int]]]:
@@ -174,20 +187,30 @@ def preference_records(payload: Record, *, conversational: bool = False, aggrega
         if margin:
             rec["margin"] = 0.0
         rec.update(id=f"report-{rep['id']}", chosen_model="human", rejected_model=rep.get("model") or "",
-                   category=rep["category"], agreement=1.0, n_votes=1)  # one moderator's decision
+                   category=rep["category"], agreement=REPORT_VOTES[0], n_votes=REPORT_VOTES[1])
         out.append(rec)
     return out
+
+
+def _rating_votes(item: Record, response_id: int, label: bool, mid: float) -> tuple[float, int]:
+    """(share of the raters of a response whose own mean score falls on ``label``'s side of the
+    scale midpoint, raters of it)."""
+    means = [m for m in (_mean_rating([j], response_id) for j in item["judgements"]) if m is not None]
+    return _share(sum(1 for m in means if m != mid and (m > mid) == label), len(means)), len(means)
 
 
 def kto_records(payload: Record, *, conversational: bool = False, aggregate: str = "majority") -> list[Record]:
     """Unpaired preference (KTO): chosen answers ``label: true``, rejected and both-bad ``false``,
     imported binary labels as given, rating items by mean rating against the scale midpoint, and
-    each reported answer with a correction ``false`` (its correction ``true``)."""
+    each reported answer with a correction ``false`` (its correction ``true``). ``agreement`` /
+    ``n_votes``: the share of the item's votes that give this row's label."""
     out: list[Record] = []
 
-    def add(item_id: str, prompt: Messages, text: str, label: bool, model: str, category: str | None) -> None:
+    def add(item_id: str, prompt: Messages, text: str, label: bool, model: str, category: str | None,
+            votes: tuple[float, int]) -> None:
         out.append({"prompt": _prompt(prompt, conversational), "completion": _answer(text, conversational),
-                    "label": label, "id": item_id, "model": model, "category": category})
+                    "label": label, "id": item_id, "model": model, "category": category,
+                    "agreement": votes[0], "n_votes": votes[1]})
 
     for item in payload.get("items", []):
         iid, prompt, cat = _item_id(item), item["prompt"], item.get("category")
@@ -198,47 +221,57 @@ def kto_records(payload: Record, *, conversational: bool = False, aggregate: str
             votes = labels if aggregate == "all" else (
                 [tally[True] > tally[False]] if tally[True] != tally[False] else [])
             for label in votes:
-                add(iid, prompt, r["text"], bool(label), r.get("model") or "", cat)
+                add(iid, prompt, r["text"], bool(label), r.get("model") or "", cat,
+                    _votes(item, (_share(tally[label], len(labels)), len(labels))))
             continue
         task = item.get("task_type", "pairwise")
         if task == "pairwise" and len(item["responses"]) == 2:
             a, b = item["responses"]
+            choices = [j["choice"] for j in item["judgements"] if j.get("choice")]
             for winner, _ in _pairwise_outcome(item, aggregate):
+                votes = _votes(item, (_share(choices.count(winner), len(choices)), len(choices)))
                 if winner in ("a", "b"):
                     good, bad = (a, b) if winner == "a" else (b, a)
-                    add(iid, prompt, good["text"], True, good.get("model") or "", cat)
-                    add(iid, prompt, bad["text"], False, bad.get("model") or "", cat)
+                    add(iid, prompt, good["text"], True, good.get("model") or "", cat, votes)
+                    add(iid, prompt, bad["text"], False, bad.get("model") or "", cat, votes)
                 elif winner == "both_bad":
-                    add(iid, prompt, a["text"], False, a.get("model") or "", cat)
-                    add(iid, prompt, b["text"], False, b.get("model") or "", cat)
+                    add(iid, prompt, a["text"], False, a.get("model") or "", cat, votes)
+                    add(iid, prompt, b["text"], False, b.get("model") or "", cat, votes)
         elif task == "rating":
             mid = (1 + int(item.get("likert_max", 5))) / 2
             for r in item["responses"]:
                 mean = _mean_rating(item["judgements"], r["id"])
                 if mean is not None and mean != mid:
-                    add(iid, prompt, r["text"], mean > mid, r.get("model") or "", cat)
+                    add(iid, prompt, r["text"], mean > mid, r.get("model") or "", cat,
+                        _votes(item, _rating_votes(item, r["id"], mean > mid, mid)))
         else:
-            for chosen, rejected, _m, _votes in _pairs_from_item(item, aggregate):
-                add(iid, prompt, chosen["text"], True, chosen.get("model") or "", cat)
-                add(iid, prompt, rejected["text"], False, rejected.get("model") or "", cat)
+            for chosen, rejected, _m, votes in _pairs_from_item(item, aggregate):
+                add(iid, prompt, chosen["text"], True, chosen.get("model") or "", cat, _votes(item, votes))
+                add(iid, prompt, rejected["text"], False, rejected.get("model") or "", cat, _votes(item, votes))
     for rep in payload.get("reports", []):
         if rep.get("corrected"):
-            add(f"report-{rep['id']}", rep["prompt"], rep["response"], False, rep.get("model") or "", rep["category"])
-            add(f"report-{rep['id']}", rep["prompt"], rep["corrected"], True, "human", rep["category"])
+            rid, cat = f"report-{rep['id']}", rep["category"]
+            add(rid, rep["prompt"], rep["response"], False, rep.get("model") or "", cat, REPORT_VOTES)
+            add(rid, rep["prompt"], rep["corrected"], True, "human", cat, REPORT_VOTES)
     return out
 
 
 def sft_records(payload: Record, *, aggregate: str = "majority") -> list[Record]:
-    """``{messages}`` conversations ending in a corrected answer (annotators' and moderators')."""
+    """``{messages}`` conversations ending in a corrected answer (annotators' and moderators').
+    ``agreement`` / ``n_votes``: the share of the item's corrections that are this text."""
     out: list[Record] = []
     for item in payload.get("items", []):
+        texts = [j["corrected_text"] for j in item["judgements"] if j.get("corrected_text")]
         for text in _corrections(item, aggregate):
+            agreement, n_votes = _votes(item, (_share(texts.count(text), len(texts)), len(texts)))
             out.append({"messages": [*_prompt(item["prompt"], True), {"role": "assistant", "content": text}],
-                        "id": _item_id(item), "category": item.get("category")})
+                        "id": _item_id(item), "category": item.get("category"),
+                        "agreement": agreement, "n_votes": n_votes})
     for rep in payload.get("reports", []):
         if rep.get("corrected"):
             out.append({"messages": [*_prompt(rep["prompt"], True), {"role": "assistant", "content": rep["corrected"]}],
-                        "id": f"report-{rep['id']}", "category": rep["category"]})
+                        "id": f"report-{rep['id']}", "category": rep["category"],
+                        "agreement": REPORT_VOTES[0], "n_votes": REPORT_VOTES[1]})
     return out
 
 
@@ -246,19 +279,24 @@ ARENA_WINNER = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie (
 
 
 def battle_records(payload: Record) -> list[Record]:
-    """One Chatbot-Arena style record per pairwise judgement (model names, winner, judge, turn)."""
+    """One Chatbot-Arena style record per pairwise judgement (model names, winner, judge, turn),
+    with the item's ``category`` and ``agreement`` / ``n_votes`` (the share of its votes with this
+    record's winner)."""
     out: list[Record] = []
     for item in payload.get("items", []):
         if item.get("task_type", "pairwise") != "pairwise" or len(item["responses"]) != 2:
             continue
         a, b = item["responses"]
         turns = sum(1 for m in item["prompt"] if m.get("role") == "user")
+        choices = [j["choice"] for j in item["judgements"] if j.get("choice") in ARENA_WINNER]
         for j in item["judgements"]:
             if j.get("choice") in ARENA_WINNER:
+                agreement, n_votes = _votes(item, (_share(choices.count(j["choice"]), len(choices)), len(choices)))
                 out.append({"model_a": a.get("model") or "", "model_b": b.get("model") or "",
                             "winner": ARENA_WINNER[j["choice"]], "judge": f"annotator-{j['annotator']}",
                             "question_id": _item_id(item), "turn": turns, "anony": True,
-                            "tstamp": j.get("created_at"), "strength": j.get("strength")})
+                            "tstamp": j.get("created_at"), "strength": j.get("strength"),
+                            "category": item.get("category"), "agreement": agreement, "n_votes": n_votes})
     return out
 
 

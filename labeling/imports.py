@@ -8,16 +8,27 @@ One line is one JSON object in one of these shapes (detected by its keys):
 - **preference** (TRL, standard or conversational, explicit or implicit prompt):
   ``{"prompt", "chosen", "rejected"[, "margin", "id", "chosen_model", "rejected_model", "category",
   "agreement", "n_votes"]}`` (agreement and vote count are kept with the item for later exports)
-- **KTO**: ``{"prompt", "completion", "label"[, "id", "model", "category"]}``
-- **SFT**: ``{"messages": [..., {"role": "assistant", …}]}`` with ``"kind": "sft"`` or an ``"id"``
-  starting with the export's lineage — a conversation ending in an assistant turn.
+- **KTO**: ``{"prompt", "completion", "label"[, "id", "model", "category", "agreement", "n_votes"]}``
+- **SFT**: ``{"messages": [..., {"role": "assistant", …}]}`` (optional ``"id"``, ``"category"``,
+  ``"agreement"``, ``"n_votes"``) — a conversation ending in an assistant turn.
 - **Argilla** (v2 record export): ``{"fields": {"prompt"|"instruction", "response1", "response2"…},
-  "metadata": {…}, "responses": {"<question>": [{"value", "user_id", "status"}]}}`` — text fields
-  become prompt and responses, metadata is kept, each user's submitted answers (a ranking of the
-  response fields, a label naming one, ratings) become that user's judgement.
+  "metadata": {…}, "responses": {"<question>": [{"value", "user_id", "status"}]},
+  "suggestions": {"<question>": {"value", "score", "agent"}}}`` — text fields become prompt and
+  responses, metadata is kept, each user's submitted answers (a ranking of the response fields,
+  a label naming one, ratings) become that user's judgement.
 - **Label Studio** (JSON task export): ``{"data": {"prompt", "answer1", "answer2"…}, "meta": {…},
-  "annotations": [{"completed_by", "result": [...], "lead_time"}]}`` — ``pairwise``
-  (``selected: left|right``), ``rating`` and ``ranker`` results, one judgement per annotation.
+  "annotations": [{"completed_by", "result": [...], "lead_time"}], "predictions": [{"model_version",
+  "score", "result": [...]}]}`` — ``pairwise`` (``selected: left|right``), ``rating``, ``ranker``,
+  ``choices`` and ``textarea`` results, one judgement per annotation.
+
+A battle record (``model_a``, ``model_b``, ``winner``) is refused with the reason: it holds no texts.
+
+The tools' model output (Argilla ``suggestions``, Label Studio ``predictions``) is never a
+judgement: a written answer (a text for a question named like ``response`` / ``answer`` /
+``correct…``) becomes a candidate response whose source is the named model (``agent`` /
+``model_version``); a model's ranking, choice, ratings or remarks about the listed responses
+become a *pre-annotation*, kept in the prompt's metadata (``pre_annotations``) with the model,
+its score and the questions.
 
 :func:`parse_jsonl` returns ``(specs, errors)``; every error names its line number.
 """
@@ -62,6 +73,11 @@ class ItemSpec:
     # "a"|"b"|"tie"|"both_bad" | "ratings": {listed index: {criterion: score}}, "comment",
     # "time_on_task_ms"}
     annotations: list[dict[str, Any]] = field(default_factory=list)
+    # candidate responses the tool's models wrote (Argilla suggestions, Label Studio predictions):
+    # {"text", "model", "source": "model", "metadata"}; stored after the listed responses
+    suggested: list[dict[str, Any]] = field(default_factory=list)
+    # the tool's models' answers about the listed responses, never judgements (see _model_answer)
+    pre_annotations: list[dict[str, Any]] = field(default_factory=list)
 
 
 class LineError(ValueError):
@@ -126,7 +142,7 @@ def _response_list(value: Any) -> list[dict[str, str]]:
 
 
 def _agreement(obj: dict[str, Any]) -> dict[str, Any]:
-    """``agreement`` (0–1) and ``n_votes`` (≥ 1) of an exported preference record, kept as given."""
+    """``agreement`` (0–1) and ``n_votes`` (≥ 1) of an exported preference, KTO or SFT record, kept as given."""
     if obj.get("agreement") is None and obj.get("n_votes") is None:
         return {}
     agreement, votes = obj.get("agreement"), obj.get("n_votes")
@@ -151,6 +167,9 @@ def _implicit_prompt(chosen: list, rejected: list) -> list[dict[str, str]]:
 # ---- other tools' exports ------------------------------------------------------------------------
 
 ANSWER_PREFIXES = ("response", "answer", "completion")
+# a model's text suggestion for a question whose name has one of these words is a written answer
+# (a candidate response); other text suggestions are remarks kept with the pre-annotation
+WRITTEN_ANSWER_WORDS = ("response", "answer", "completion", "correct", "rewrite", "output")
 
 
 def _tool_metadata(source: str, extra: Any) -> dict[str, Any]:
@@ -182,8 +201,9 @@ def _order(value: Any, names: list[str]) -> list[int] | None:
     return None
 
 
-def _answer_into(answer: dict[str, Any], question: str, value: Any, names: list[str], target: str | None) -> None:
-    """Fold one answer of one annotator into ``answer`` (see :attr:`ItemSpec.annotations`)."""
+def _answer_into(answer: dict[str, Any], question: str, value: Any, names: list[str], target: str | None) -> bool:
+    """Fold one answer to one question into ``answer`` (see :attr:`ItemSpec.annotations`); False when
+    the value is none of the answers understood here (it is then left out of ``answer``)."""
     order = _order(value, names)
     if order is not None:
         answer["order"] = order
@@ -201,12 +221,61 @@ def _answer_into(answer: dict[str, Any], question: str, value: Any, names: list[
         answer.setdefault("ratings", {}).setdefault(index, {})[criterion] = value
     elif isinstance(value, str) and value.strip():
         answer["comment"] = (answer.get("comment", "") + "\n" + f"{question}: {value}").strip()
+    else:
+        return False
+    return True
+
+
+def _model_answer(spec: ItemSpec, tool: str, model: Any, score: Any, given: list[tuple[str, Any, str | None]],
+                  names: list[str]) -> None:
+    """One model's suggestion (Argilla) or prediction (Label Studio), never a judgement: a written
+    answer becomes a candidate response from that model (:attr:`ItemSpec.suggested`); answers about
+    the listed responses (a ranking, a choice, ratings, remarks, or values not understood here, kept
+    as given) become one pre-annotation (:attr:`ItemSpec.pre_annotations`)."""
+    if model is not None and not isinstance(model, (str, int)):
+        raise LineError(f"{tool}: the model name (agent / model_version) must be text")
+    scores = score if isinstance(score, list) else [score]
+    if not all(s is None or (isinstance(s, (int, float)) and not isinstance(s, bool)) for s in scores):
+        raise LineError(f"{tool}: a suggestion's 'score' must be a number or a list of numbers")
+    model = str(model if model is not None else "")[:200]
+    pre: dict[str, Any] = {}
+    for question, value, target in given:
+        if isinstance(value, str) and value.strip() and value not in names and value not in PAIR_CHOICES \
+                and any(w in question.lower() for w in WRITTEN_ANSWER_WORDS):
+            if value not in [r["text"] for r in spec.responses + spec.suggested]:
+                spec.suggested.append({"text": value, "model": model, "source": "model", "metadata": {
+                    "imported_from": tool, "suggestion_for": question,
+                    **({"score": score} if score is not None else {})}})
+        elif not _answer_into(pre, question, value, names, target) and value not in (None, [], {}):
+            pre.setdefault("values", {})[question] = value
+    if pre:
+        spec.pre_annotations.append({"tool": tool, "model": model, "score": score,
+                                     "questions": [q for q, _, _ in given], **pre})
+
+
+def pre_annotation_record(pre: dict[str, Any], response_ids: list[int]) -> dict[str, Any]:
+    """A parsed pre-annotation with listed indices turned into the stored responses' ids
+    (``response_ids[i]`` is listed response ``i``): ``ranking`` (ids, best first), ``preferred``
+    (id) or ``choice`` (tie / both_bad), ``ratings`` ({id: {criterion: score}}), ``comment``,
+    ``values`` (answers kept as given), with ``tool``, ``model``, ``score`` and ``questions``."""
+    out = {k: pre[k] for k in ("tool", "model", "score", "questions", "comment", "values") if k in pre}
+    if "order" in pre:
+        out["ranking"] = [response_ids[i] for i in pre["order"]]
+    if pre.get("choice") in ("a", "b"):
+        out["preferred"] = response_ids["ab".index(pre["choice"])]
+    elif "choice" in pre:
+        out["choice"] = pre["choice"]
+    if "ratings" in pre:
+        out["ratings"] = {str(response_ids[i]): crit for i, crit in pre["ratings"].items()}
+    return out
 
 
 def _argilla(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
     """Argilla record export (v2 ``to_list(flatten=False)`` / JSON): text fields become the prompt and
-    responses, ``metadata`` is kept, and each user's answers (``responses: {question: [{"value",
-    "user_id"}]}``: rankings, label choices naming a response, ratings) become one judgement."""
+    responses, ``metadata`` is kept, each user's answers (``responses: {question: [{"value",
+    "user_id"}]}``: rankings, label choices naming a response, ratings) become one judgement, and
+    the model ``suggestions`` (``{question: {"value", "score", "agent"}}``; v1's list of
+    ``{"question_name", …}`` too) become candidate responses or pre-annotations."""
     fields = obj["fields"]
     names = [k for k, v in sorted(fields.items()) if k.startswith(ANSWER_PREFIXES) and isinstance(v, str)]
     spec = _tool_item(obj, line, ext, "argilla", "fields", ("prompt", "instruction", "question"), names,
@@ -224,15 +293,53 @@ def _argilla(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
             user = str(ans.get("user_id") or "unknown")
             _answer_into(by_user.setdefault(user, {}), str(question), ans.get("value"), names, None)
     spec.annotations = [{"annotator": f"argilla-{u}", **a} for u, a in by_user.items() if a]
+    suggestions = obj.get("suggestions") or {}
+    if isinstance(suggestions, list):  # v1 FeedbackRecord: [{"question_name", "value", "score", "agent"}]
+        suggestions = {(s.get("question_name") if isinstance(s, dict) else None) or f"suggestions[{i}]": s
+                       for i, s in enumerate(suggestions)}
+    if not isinstance(suggestions, dict):
+        raise LineError("Argilla 'suggestions' must map each question to {\"value\", \"score\", \"agent\"}")
+    for question, sug in suggestions.items():
+        if not isinstance(sug, dict) or "value" not in sug:
+            raise LineError(f"Argilla suggestion '{question}' must be {{\"value\", \"score\", \"agent\"}}")
+        _model_answer(spec, "argilla", sug.get("agent"), sug.get("score"), [(str(question), sug["value"], None)], names)
     return spec
+
+
+def _ls_given(results: Any, names: list[str], what: str) -> list[tuple[str, Any, str | None]]:
+    """Label Studio ``result`` entries as ``(question, value, response field it targets)``:
+    ``pairwise`` (selected left / right → the response field), ``rating``, ``ranker``, ``choices``,
+    ``textarea``; other result types as their raw ``value``."""
+    if not isinstance(results, list):
+        raise LineError(f"Label Studio {what} 'result' must be a list")
+    given: list[tuple[str, Any, str | None]] = []
+    for res in results:
+        if not isinstance(res, dict) or not isinstance(res.get("value", {}), dict):
+            raise LineError(f"Label Studio {what} result entries must be objects with a 'value' object")
+        value, question = res.get("value") or {}, str(res.get("from_name") or res.get("type") or "result")
+        if value.get("selected") in ("left", "right") and len(names) == 2:
+            given.append((question, names[0 if value["selected"] == "left" else 1], None))
+        elif "rating" in value:
+            given.append((question, value["rating"], res.get("to_name")))
+        elif "ranker" in value:
+            ranked = value["ranker"]
+            given.append((question, next(iter(ranked.values()), []) if isinstance(ranked, dict) else ranked, None))
+        elif isinstance(value.get("choices"), list) and len(value["choices"]) == 1:
+            given.append((question, value["choices"][0], None))
+        elif isinstance(value.get("text"), list):
+            given.append((question, " ".join(map(str, value["text"])), None))
+        else:
+            given.append((question, value, res.get("to_name")))
+    return given
 
 
 def _label_studio(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
     """Label Studio task export (JSON): ``data`` text fields become the prompt and responses,
-    ``meta`` is kept, and every annotation that was not cancelled becomes one judgement of its
-    ``completed_by`` user: ``pairwise`` (selected left/right), ``rating`` (``to_name`` names the
-    response, ``from_name`` the criterion), ``ranker`` and ``textarea`` results; ``lead_time``
-    becomes the time on task."""
+    ``meta`` is kept, every annotation that was not cancelled becomes one judgement of its
+    ``completed_by`` user (``pairwise`` selected left/right, ``rating`` — ``to_name`` names the
+    response, ``from_name`` the criterion —, ``ranker``, ``choices`` and ``textarea`` results;
+    ``lead_time`` becomes the time on task), and each of the ``predictions`` (a model's
+    pre-annotation, named by its ``model_version``) becomes candidate responses or a pre-annotation."""
     data = obj["data"]
     names = [k for k in ("answer1", "answer2", "answer3", "answer4", "response1", "response2", "response3",
                          "response4", "left", "right") if isinstance(data.get(k), str)]
@@ -243,23 +350,19 @@ def _label_studio(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
         who = ann.get("completed_by")
         who = who.get("email") or who.get("id") if isinstance(who, dict) else who
         answer: dict[str, Any] = {}
-        for res in ann.get("result") or []:
-            value = (res or {}).get("value") or {}
-            if value.get("selected") in ("left", "right") and len(names) == 2:
-                answer["choice"] = "a" if value["selected"] == "left" else "b"
-            elif "rating" in value:
-                _answer_into(answer, str(res.get("from_name") or "rating"), value["rating"], names, res.get("to_name"))
-            elif "ranker" in value:
-                ranked = value["ranker"]
-                ranked = next(iter(ranked.values()), []) if isinstance(ranked, dict) else ranked
-                _answer_into(answer, str(res.get("from_name") or "ranking"), ranked, names, None)
-            elif isinstance(value.get("text"), list):
-                text = " ".join(map(str, value["text"]))
-                _answer_into(answer, str(res.get("from_name") or "text"), text, names, None)
+        for question, value, target in _ls_given(ann.get("result") or [], names, "annotation"):
+            _answer_into(answer, question, value, names, target)
         if isinstance(ann.get("lead_time"), (int, float)) and answer:
             answer["time_on_task_ms"] = int(ann["lead_time"] * 1000)
         if answer:
             spec.annotations.append({"annotator": f"label-studio-{who if who is not None else n}", **answer})
+    predictions = obj.get("predictions") or []
+    if not isinstance(predictions, list) or not all(isinstance(p, dict) for p in predictions):
+        raise LineError("Label Studio 'predictions' must be a list of {\"model_version\", \"score\", \"result\"} "
+                        "objects (export the tasks with their predictions, not their ids)")
+    for pred in predictions:
+        _model_answer(spec, "label_studio", pred.get("model_version") or pred.get("model"), pred.get("score"),
+                      _ls_given(pred.get("result") or [], names, "prediction"), names)
     return spec
 
 
@@ -296,7 +399,8 @@ def parse_line(obj: Any, line: int) -> ItemSpec:
         model = str(obj.get("model") or "")[:200]
         responses = [{"text": _answer_text(obj["completion"], "completion"), "model": model,
                       "source": "human" if model == "human" else ("model" if model else "file")}]
-        return ItemSpec(line, "kto", messages, ext, _meta(obj, ("category",)), responses, {"label": obj["label"]})
+        return ItemSpec(line, "kto", messages, ext, {**_meta(obj, ("category",)), **_agreement(obj)}, responses,
+                        {"label": obj["label"]})
     if isinstance(obj.get("fields"), dict):  # Argilla
         return _argilla(obj, line, ext)
     if isinstance(obj.get("data"), dict):  # Label Studio
@@ -305,7 +409,7 @@ def parse_line(obj: Any, line: int) -> ItemSpec:
         messages = _messages(obj["messages"], "messages")
         if messages[-1]["role"] == "assistant" and len(messages) >= 2:  # SFT conversation
             text = messages[-1]["content"]
-            return ItemSpec(line, "sft", messages[:-1], ext, _meta(obj, ("category",)),
+            return ItemSpec(line, "sft", messages[:-1], ext, {**_meta(obj, ("category",)), **_agreement(obj)},
                             [{"text": text, "model": "human", "source": "human"}], {"corrected_text": text})
     if "prompt" in obj or "messages" in obj:
         messages = _messages(obj["prompt"] if "prompt" in obj else obj["messages"],
@@ -323,6 +427,9 @@ def parse_line(obj: Any, line: int) -> ItemSpec:
             if len(responses) < 1:
                 raise LineError("a gold item needs its responses")
         return ItemSpec(line, "item", messages, ext, metadata, responses, gold=gold, keep_order=gold is not None)
+    if {"model_a", "model_b", "winner"} <= set(obj):
+        raise LineError("a battle record holds no prompt or answer texts, so it cannot become an item; "
+                        "import the same snapshot's preference export instead")
     raise LineError("unknown record: expected 'prompt'/'messages' (+ 'responses'), 'chosen'/'rejected', "
                     "'completion'/'label', Argilla 'fields' or Label Studio 'data'")
 

@@ -64,6 +64,11 @@ class ImportResultSerializer(serializers.Serializer):
     responses = serializers.IntegerField()
     items = serializers.IntegerField()
     judgements = serializers.IntegerField()
+    suggested_responses = serializers.IntegerField(
+        help_text="of the responses: candidates the tools' models wrote (Argilla suggestions, Label Studio predictions)")
+    pre_annotations = serializers.IntegerField(
+        help_text="the tools' models' rankings / choices / ratings of the responses, kept with the prompt "
+                  "(never judgements)")
     stored = serializers.BooleanField()
     errors = serializers.ListField(child=serializers.DictField())
 

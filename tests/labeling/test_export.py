@@ -93,7 +93,8 @@ def test_kto_sft_and_battles():
     battles = export.battle_records(PAYLOAD)
     assert len(battles) == 3 + 1 + 2 + 1
     assert battles[0] == {"model_a": "big", "model_b": "small", "winner": "model_a", "judge": "annotator-1",
-                          "question_id": "item-1", "turn": 1, "anony": True, "tstamp": None, "strength": -3}
+                          "question_id": "item-1", "turn": 1, "anony": True, "tstamp": None, "strength": -3,
+                          "category": None, "agreement": 0.6667, "n_votes": 3}
     assert {b["winner"] for b in battles} == {"model_a", "model_b", "tie (bothbad)"}
     assert next(b for b in battles if b["question_id"] == "q-2")["turn"] == 2
 
