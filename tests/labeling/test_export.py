@@ -268,3 +268,100 @@ def test_label_studio_ratings_and_lead_time_become_judgements(builder):  # noqa:
     assert item["external_id"] == "41"
     [pair] = export.preference_records({"items": [item]})
     assert (pair["chosen"], pair["agreement"], pair["n_votes"]) == ("Clouds condense into drops.", 1.0, 2)
+
+
+def test_kto_sft_and_battles_carry_agreement_like_preference_records():
+    kto = {(r["id"], r["completion"], r["label"], r["agreement"], r["n_votes"]) for r in export.kto_records(PAYLOAD)}
+    assert kto == {
+        ("item-1", "4", True, 0.6667, 3), ("item-1", "5", False, 0.6667, 3),  # a, a, b
+        ("q-2", "Goodbye, take care.", True, 1.0, 1), ("q-2", "Bye!", False, 1.0, 1),
+        ("item-4", "bad1", False, 1.0, 1), ("item-4", "bad2", False, 1.0, 1),  # both bad
+        # ranking: each pair's share of the rankings that order it so (see the preference test)
+        ("item-5", "r2", True, 0.6667, 3), ("item-5", "r0", False, 0.6667, 3), ("item-5", "r2", True, 1.0, 3),
+        ("item-5", "r1", False, 1.0, 3), ("item-5", "r0", True, 0.6667, 3), ("item-5", "r1", False, 0.6667, 3),
+        ("item-6", "Canberra", True, 1.0, 1), ("item-6", "Sydney", False, 1.0, 1),
+        ("report-7", "Only women.", False, 1.0, 1), ("report-7", "Anyone trained.", True, 1.0, 1)}
+    # ratings (scale 1-5, midpoint 3): the raters whose own score falls on the row's side
+    rating = {"id": 9, "external_id": "", "task_type": "rating", "likert_max": 5, "category": "toxicity",
+              "prompt": [{"role": "user", "content": "Rate"}],
+              "responses": [{"id": 90, "text": "good"}, {"id": 91, "text": "poor"}],
+              "judgements": [{"ratings": {"90": {"helpful": 5}, "91": {"helpful": 2}}},
+                             {"ratings": {"90": {"helpful": 4}, "91": {"helpful": 1}}},
+                             {"ratings": {"90": {"helpful": 2}, "91": {"helpful": 3}}}]}
+    labels = {"id": 8, "external_id": "", "task_type": "pairwise", "prompt": [{"role": "user", "content": "Ok?"}],
+              "responses": [{"id": 80, "text": "fine", "model": "m"}],
+              "judgements": [{"label": True}, {"label": True}, {"label": False}]}
+    rows = export.kto_records({"items": [rating, labels]})
+    assert [(r["completion"], r["label"], r["agreement"], r["n_votes"], r["category"]) for r in rows] == [
+        ("good", True, 0.6667, 3, "toxicity"), ("poor", False, 0.6667, 3, "toxicity"), ("fine", True, 0.6667, 3, None)]
+    every = export.kto_records({"items": [labels]}, aggregate="all")
+    assert [(r["label"], r["agreement"]) for r in every] == [(True, 0.6667), (True, 0.6667), (False, 0.3333)]
+    # SFT: the share of the item's corrections that are this text
+    corrections = {"id": 12, "external_id": "c-12", "task_type": "correction", "category": None,
+                   "prompt": [{"role": "user", "content": "Fix it"}], "responses": [{"id": 120, "text": "bad"}],
+                   "judgements": [{"corrected_text": "A"}, {"corrected_text": "A"}, {"corrected_text": "B"}]}
+    sft = export.sft_records({"items": [corrections], "reports": PAYLOAD["reports"]})
+    assert [(r["messages"][-1]["content"], r["agreement"], r["n_votes"], r["category"]) for r in sft] == [
+        ("A", 0.6667, 3, None), ("B", 0.3333, 3, None), ("Anyone trained.", 1.0, 1, "bias")]
+    # battles: one per vote, with the share of the item's votes for the same winner
+    battles = [(b["question_id"], b["winner"], b["agreement"], b["n_votes"]) for b in export.battle_records(PAYLOAD)]
+    assert battles == [("item-1", "model_a", 0.6667, 3), ("item-1", "model_a", 0.6667, 3),
+                       ("item-1", "model_b", 0.3333, 3), ("q-2", "model_b", 1.0, 1),
+                       ("item-3", "model_a", 0.5, 2), ("item-3", "model_b", 0.5, 2), ("item-4", "tie (bothbad)", 1.0, 1)]
+
+
+@pytest.mark.django_db
+def test_imported_records_keep_their_votes_in_every_format(builder):  # noqa: ANN001
+    """Preference rows imported with agreement / n_votes give the same figures in KTO and battle
+    exports; KTO and SFT rows keep theirs too (the votes themselves are not in this database)."""
+    project = actions.create_project(builder, name="kept-votes")
+    lines = [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "chosen_model": "big", "rejected_model": "small",
+              "agreement": 0.6667, "n_votes": 3, "id": "q1", "category": "math"},
+             {"prompt": "Ok?", "completion": "fine", "label": False, "model": "m", "agreement": 0.75, "n_votes": 4},
+             {"messages": [{"role": "user", "content": "Fix"}, {"role": "assistant", "content": "Fixed"}],
+              "agreement": 0.5, "n_votes": 2, "category": "bias"}]
+    result = actions.import_jsonl(project, builder, "\n".join(json.dumps(x) for x in lines), seed=5)
+    assert result.errors == [] and result.judgements == 3
+    payload = actions.create_snapshot(builder, project).payload
+    [battle] = export.battle_records(payload)
+    assert (battle["winner"], battle["agreement"], battle["n_votes"], battle["category"], battle["question_id"]) == (
+        "model_a" if battle["model_a"] == "big" else "model_b", 0.6667, 3, "math", "q1")
+    kto = [(r["completion"], r["label"], r["agreement"], r["n_votes"]) for r in export.kto_records(payload)]
+    assert kto == [("4", True, 0.6667, 3), ("5", False, 0.6667, 3), ("fine", False, 0.75, 4)]
+    [sft] = export.sft_records(payload)
+    assert (sft["agreement"], sft["n_votes"], sft["category"]) == (0.5, 2, "bias")
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_training_readers_take_exported_records_with_their_metadata(tmp_path, suffix):  # noqa: ANN001
+    """The core's readers accept every exported row, and the lineage / agreement columns change
+    nothing they produce: the same tokens as the bare TRL record."""
+    from training.core.data.preference import tokenize_pairs
+    from training.core.data.records import read_records
+    from training.core.data.sft import record_messages, tokenize_examples
+    from training.core.tokenizer import train_tokenizer
+
+    texts = [m["content"] for i in PAYLOAD["items"] for m in i["prompt"]] + \
+        [r["text"] for i in PAYLOAD["items"] for r in i["responses"]] + ["Canberra Anyone trained. Nurses? Only women."]
+    tok = train_tokenizer(texts * 10, 400)
+    write = {"jsonl": export.jsonl_bytes, "parquet": export.parquet_bytes}[suffix]
+    trl_keys = {"preference": ("prompt", "chosen", "rejected", "margin"), "kto": ("prompt", "completion", "label"),
+                "sft": ("messages",)}
+    for fmt in sorted(export.FORMATS):
+        if fmt == "battles":
+            continue  # battle records feed the leaderboard, not a trainer
+        rows = export.records(PAYLOAD, fmt, margin=True) if fmt.startswith("preference") else export.records(PAYLOAD, fmt)
+        path = tmp_path / f"{fmt}.{suffix}"
+        path.write_bytes(write(rows))
+        back = read_records(path)
+        assert back == rows and all({"id", "category", "agreement", "n_votes"} <= set(r) for r in back)
+        bare = [{k: r[k] for k in trl_keys[fmt.split("_")[0]]} for r in back]
+        if fmt.startswith("preference"):
+            pairs, problems = tokenize_pairs(back, tok, max_seq_len=96)
+            assert problems == [] and len(pairs) == len(rows)
+            assert pairs == tokenize_pairs(bare, tok, max_seq_len=96)[0]
+        else:  # SFT rows, and KTO rows through the SFT reader's {prompt, completion} form
+            assert [record_messages(r) for r in back] == [record_messages(r) for r in bare]
+            examples, problems = tokenize_examples(back, tok)
+            assert problems == [] and len(examples) == len(rows)
+            assert examples == tokenize_examples(bare, tok)[0]
