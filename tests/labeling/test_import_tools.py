@@ -171,3 +171,23 @@ def test_malformed_suggestions_are_listed_by_line_and_nothing_stored_is_lost(bui
     assert [e["line"] for e in result.errors] == [1, 2, 3, 4, 5, 6, 7]
     assert (result.prompts, result.suggested_responses, result.pre_annotations) == (1, 1, 2)
     assert Prompt.objects.filter(project=project).count() == before[0] + 1
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_manage_page_lists_the_imported_suggestions_and_predictions(page, studio_server):  # noqa: ANN001
+    from tests.live import sign_in
+
+    builder = studio_server.session("builder", "builder-demo-pass")
+    status, project = builder.request("POST", "/api/labeling/projects/", {"name": "tools in the browser"})
+    assert status == 201, project
+    sign_in(page, studio_server, "builder", "builder-demo-pass")
+    page.goto(f"{studio_server.url}/labeling/{project['id']}/manage/")
+    page.get_by_label("…or paste lines").fill(json.dumps(ARGILLA) + "\n" + json.dumps(LABEL_STUDIO) + "\n")
+    page.get_by_role("button", name="Import").click()
+    page.locator("#import-result").get_by_text("Stored 2 prompts").wait_for()
+    assert page.locator("#import-result").inner_text().startswith(
+        "Stored 2 prompts, 6 responses, 6 items, 2 judgements.")
+    assert page.locator("#import-suggestions").inner_text() == (
+        "Model suggestions / predictions: 2 candidate responses (source: the named model), "
+        "3 pre-annotations kept with their prompts (not judgements).")

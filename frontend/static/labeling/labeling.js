@@ -327,7 +327,11 @@
       catch (err) { res = err.body || { detail: err.message, errors: [] }; }
       const parts = [];
       if (res.stored === false) parts.push(el("p", { class: "error", text: res.detail }));
-      else parts.push(el("p", { text: `Stored ${res.prompts} prompts, ${res.responses} responses, ${res.items} items, ${res.judgements} judgements.` }));
+      else {
+        parts.push(el("p", { text: `Stored ${res.prompts} prompts, ${res.responses} responses, ${res.items} items, ${res.judgements} judgements.` }));
+        // the tools' model output (Argilla suggestions, Label Studio predictions) is never a judgement
+        parts.push(el("p", { id: "import-suggestions", text: `Model suggestions / predictions: ${res.suggested_responses} candidate responses (source: the named model), ${res.pre_annotations} pre-annotations kept with their prompts (not judgements).` }));
+      }
       if (res.errors && res.errors.length) parts.push(el("ul", { class: "errors" }, ...res.errors.slice(0, 100).map((e) => el("li", { text: `line ${e.line}: ${e.message}` }))));
       out.replaceChildren(...parts);
       refresh();
