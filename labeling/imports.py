@@ -226,6 +226,17 @@ def _answer_into(answer: dict[str, Any], question: str, value: Any, names: list[
     return True
 
 
+def _understood(pre: dict[str, Any], question: str, value: Any, names: list[str], target: str | None) -> bool:
+    """:func:`_answer_into` for a model's answer, where a score that names no response is kept as
+    given (a pre-annotation loses nothing by staying raw; a judgement could not)."""
+    try:
+        return _answer_into(pre, question, value, names, target)
+    except LineError:
+        if isinstance(value, (int, float)):
+            return False
+        raise
+
+
 def _model_answer(spec: ItemSpec, tool: str, model: Any, score: Any, given: list[tuple[str, Any, str | None]],
                   names: list[str]) -> None:
     """One model's suggestion (Argilla) or prediction (Label Studio), never a judgement: a written
@@ -246,7 +257,9 @@ def _model_answer(spec: ItemSpec, tool: str, model: Any, score: Any, given: list
                 spec.suggested.append({"text": value, "model": model, "source": "model", "metadata": {
                     "imported_from": tool, "suggestion_for": question,
                     **({"score": score} if score is not None else {})}})
-        elif not _answer_into(pre, question, value, names, target) and value not in (None, [], {}):
+        elif isinstance(value, str) and value in names:  # a label naming the best response (of any number)
+            pre["best"] = names.index(value)
+        elif not _understood(pre, question, value, names, target) and value not in (None, [], {}):
             pre.setdefault("values", {})[question] = value
     if pre:
         spec.pre_annotations.append({"tool": tool, "model": model, "score": score,
@@ -261,9 +274,9 @@ def pre_annotation_record(pre: dict[str, Any], response_ids: list[int]) -> dict[
     out = {k: pre[k] for k in ("tool", "model", "score", "questions", "comment", "values") if k in pre}
     if "order" in pre:
         out["ranking"] = [response_ids[i] for i in pre["order"]]
-    if pre.get("choice") in ("a", "b"):
-        out["preferred"] = response_ids["ab".index(pre["choice"])]
-    elif "choice" in pre:
+    if "best" in pre:
+        out["preferred"] = response_ids[pre["best"]]
+    if "choice" in pre:  # tie / both_bad
         out["choice"] = pre["choice"]
     if "ratings" in pre:
         out["ratings"] = {str(response_ids[i]): crit for i, crit in pre["ratings"].items()}

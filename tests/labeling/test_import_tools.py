@@ -137,6 +137,27 @@ def test_prediction_values_not_understood_are_kept_as_given():
                                      "values": {"spans": {"start": 0, "end": 9, "labels": ["ACTION"]}}}]
 
 
+def test_argilla_label_and_rating_suggestions_over_three_responses():
+    from labeling.imports import pre_annotation_record
+
+    record = {"id": "r3", "fields": {"prompt": "Pick one", "response1": "one", "response2": "two", "response3": "three"},
+              "metadata": {}, "responses": {}, "vectors": {},
+              "suggestions": {"best": {"value": "response3", "score": 0.7, "agent": "judge"},
+                              "overall_quality": {"value": 4, "score": None, "agent": "judge"},
+                              "helpful_response2": {"value": 2, "score": 0.4, "agent": "judge"},
+                              "verdict": {"value": "tie", "score": None, "agent": "judge"}}}
+    [spec], errors = parse_jsonl(json.dumps(record))
+    assert errors == [] and spec.suggested == []
+    # a score that names no response cannot be placed, so it is kept as given
+    assert [pre_annotation_record(p, [10, 11, 12]) for p in spec.pre_annotations] == [
+        {"tool": "argilla", "model": "judge", "score": 0.7, "questions": ["best"], "preferred": 12},
+        {"tool": "argilla", "model": "judge", "score": None, "questions": ["overall_quality"],
+         "values": {"overall_quality": 4}},
+        {"tool": "argilla", "model": "judge", "score": 0.4, "questions": ["helpful_response2"],
+         "ratings": {"11": {"helpful": 2}}},
+        {"tool": "argilla", "model": "judge", "score": None, "questions": ["verdict"], "choice": "tie"}]
+
+
 BAD_LINES = [
     {**ARGILLA, "suggestions": ["not", "objects"]},                                     # 1
     {**ARGILLA, "suggestions": {"ranking": ["response1", "response2"]}},                # 2: no {"value"}
