@@ -374,7 +374,7 @@ def _label_studio(obj: dict[str, Any], line: int, ext: str) -> ItemSpec:
         raise LineError("Label Studio 'predictions' must be a list of {\"model_version\", \"score\", \"result\"} "
                         "objects (export the tasks with their predictions, not their ids)")
     for pred in predictions:
-        _model_answer(spec, "label_studio", pred.get("model_version") or pred.get("model"), pred.get("score"),
+        _model_answer(spec, "label_studio", pred.get("model_version"), pred.get("score"),
                       _ls_given(pred.get("result") or [], names, "prediction"), names)
     return spec
 

@@ -18,8 +18,9 @@ from labeling import actions, export
 from labeling.imports import parse_jsonl
 from labeling.models import Judgement, Prompt, Response
 
-ARGILLA = {
-    "id": "uf-112", "status": "completed", "_server_id": "5b1f6c1e-8a57-4c8f-9a57-3f8b2a9e1d01",
+ANNOTATOR_UUID = "3c9a4f0e-5d1b-4b8e-9f2a-6e7d8c9b0a11"
+ARGILLA = {  # what Argilla 2.x's Record.to_dict() gives (dataset.records.to_list(flatten=False))
+    "id": "uf-112",
     "fields": {"prompt": "How do vaccines train the immune system?",
                "response1": "They contain a harmless piece or copy of a germ so the body learns to recognise it.",
                "response2": "Vaccines are magnets that pull viruses out of the blood."},
@@ -31,30 +32,42 @@ ARGILLA = {
                                         "makes antibodies and memory cells before a real infection.",
                                "score": None, "agent": "mistral-7b-instruct"},
     },
-    "responses": {
-        "preference": [{"value": "response1", "user_id": "7d2c8a1e-annot-1", "status": "submitted"},
-                       {"value": "response2", "user_id": "7d2c8a1e-annot-2", "status": "draft"}],
-    },
+    "responses": {"preference": [{"value": "response1", "user_id": ANNOTATOR_UUID}]},
     "vectors": {},
+    "status": "completed",
+    "_server_id": "5b1f6c1e-8a57-4c8f-9a57-3f8b2a9e1d01",
 }
 
-LABEL_STUDIO = {
-    "id": 318, "project": 12, "created_at": "2024-05-02T10:11:12.000000Z",
+LABEL_STUDIO = {  # one task of Label Studio's JSON export, with its predictions
+    "id": 318, "inner_id": 18, "project": 12, "file_upload": "a1b2c3d4-tasks.json", "drafts": [],
+    "created_at": "2024-05-02T10:11:12.000000Z", "updated_at": "2024-05-02T10:31:40.000000Z",
+    "total_annotations": 1, "cancelled_annotations": 0, "total_predictions": 2,
+    "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None,
+    "updated_by": [{"user_id": 4}], "comment_authors": [],
     "data": {"prompt": "Summarise: the meeting moved to Friday.", "answer1": "Meeting now Friday.",
              "answer2": "The meeting was cancelled."},
     "meta": {"batch": "b7"},
-    "annotations": [{"id": 901, "completed_by": 4, "was_cancelled": False, "ground_truth": False, "lead_time": 8.25,
+    "annotations": [{"id": 901, "completed_by": 4, "was_cancelled": False, "ground_truth": False,
+                     "created_at": "2024-05-02T10:31:40.000000Z", "updated_at": "2024-05-02T10:31:40.000000Z",
+                     "draft_created_at": None, "lead_time": 8.25, "prediction": {}, "result_count": 1,
+                     "unique_id": "6f0c2d7e-1111-4c3a-9e55-0b0e8a6f2c10", "import_id": None,
+                     "last_action": None, "task": 318, "project": 12, "updated_by": 4,
+                     "parent_prediction": 77, "parent_annotation": None, "last_created_by": None,
                      "result": [{"id": "pw1", "from_name": "comparison", "to_name": "pairwise", "type": "pairwise",
                                  "origin": "manual", "value": {"selected": "left"}}]}],
     "predictions": [
         {"id": 77, "model_version": "rm-deberta-v3@2024-05", "created_ago": "3 hours", "score": 0.81,
+         "cluster": None, "neighbors": None, "mislabeling": 0.0, "created_at": "2024-05-02T07:02:00.000000Z",
+         "updated_at": "2024-05-02T07:02:00.000000Z", "model": None, "model_run": None, "task": 318, "project": 12,
          "result": [{"id": "pr1", "from_name": "comparison", "to_name": "pairwise", "type": "pairwise",
-                     "value": {"selected": "left"}},
+                     "origin": "prediction", "value": {"selected": "left"}},
                     {"id": "pr2", "from_name": "helpful", "to_name": "answer2", "type": "rating",
-                     "value": {"rating": 1}}]},
+                     "origin": "prediction", "value": {"rating": 1}}]},
         {"id": 78, "model_version": "qwen2-7b-instruct", "created_ago": "3 hours", "score": None,
+         "cluster": None, "neighbors": None, "mislabeling": 0.0, "created_at": "2024-05-02T07:02:05.000000Z",
+         "updated_at": "2024-05-02T07:02:05.000000Z", "model": None, "model_run": None, "task": 318, "project": 12,
          "result": [{"id": "pr3", "from_name": "rewrite_answer", "to_name": "prompt", "type": "textarea",
-                     "value": {"text": ["The meeting has moved to Friday."]}}]},
+                     "origin": "prediction", "value": {"text": ["The meeting has moved to Friday."]}}]},
     ],
 }
 
@@ -64,9 +77,9 @@ def test_argilla_suggestions_are_candidates_and_pre_annotations_not_judgements(b
     project = actions.create_project(builder, name="argilla-suggestions")
     result = actions.import_jsonl(project, builder, json.dumps(ARGILLA), seed=3)
     assert result.errors == []
-    # one human judgement (the draft is not one); the model's suggestions add none
+    # one human judgement; the model's suggestions add none
     assert result.judgements == 1 and Judgement.objects.filter(project=project).count() == 1
-    assert list(Judgement.objects.values_list("annotator__username", flat=True)) == ["argilla-7d2c8a1e-annot-1"]
+    assert list(Judgement.objects.values_list("annotator__username", flat=True)) == [f"argilla-{ANNOTATOR_UUID}"]
     assert result.suggested_responses == 1 and result.pre_annotations == 2 and result.responses == 3
     fields = ARGILLA["fields"]
     written = Response.objects.get(prompt__project=project, source_kind="model")
