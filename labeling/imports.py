@@ -250,6 +250,7 @@ def _model_answer(spec: ItemSpec, tool: str, model: Any, score: Any, given: list
         raise LineError(f"{tool}: a suggestion's 'score' must be a number or a list of numbers")
     model = str(model if model is not None else "")[:200]
     pre: dict[str, Any] = {}
+    questions: list[str] = []  # those the pre-annotation answers
     for question, value, target in given:
         if isinstance(value, str) and value.strip() and value not in names and value not in PAIR_CHOICES \
                 and any(w in question.lower() for w in WRITTEN_ANSWER_WORDS):
@@ -257,13 +258,16 @@ def _model_answer(spec: ItemSpec, tool: str, model: Any, score: Any, given: list
                 spec.suggested.append({"text": value, "model": model, "source": "model", "metadata": {
                     "imported_from": tool, "suggestion_for": question,
                     **({"score": score} if score is not None else {})}})
-        elif isinstance(value, str) and value in names:  # a label naming the best response (of any number)
+            continue
+        if isinstance(value, str) and value in names:  # a label naming the best response (of any number)
             pre["best"] = names.index(value)
-        elif not _understood(pre, question, value, names, target) and value not in (None, [], {}):
+        elif not _understood(pre, question, value, names, target):
+            if value in (None, [], {}):
+                continue
             pre.setdefault("values", {})[question] = value
+        questions.append(question)
     if pre:
-        spec.pre_annotations.append({"tool": tool, "model": model, "score": score,
-                                     "questions": [q for q, _, _ in given], **pre})
+        spec.pre_annotations.append({"tool": tool, "model": model, "score": score, "questions": questions, **pre})
 
 
 def pre_annotation_record(pre: dict[str, Any], response_ids: list[int]) -> dict[str, Any]:

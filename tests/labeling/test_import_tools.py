@@ -143,9 +143,11 @@ def test_prediction_values_not_understood_are_kept_as_given():
     task = {**LABEL_STUDIO, "annotations": [], "predictions": [
         {"model_version": "ner-v2", "score": 0.5,
          "result": [{"from_name": "spans", "to_name": "prompt", "type": "labels",
-                     "value": {"start": 0, "end": 9, "labels": ["ACTION"]}}]}]}
+                     "value": {"start": 0, "end": 9, "labels": ["ACTION"]}},
+                    {"from_name": "rewrite_answer", "to_name": "prompt", "type": "textarea",
+                     "value": {"text": ["Moved to Friday."]}}]}]}
     [spec], errors = parse_jsonl(json.dumps(task))
-    assert errors == [] and spec.suggested == []
+    assert errors == [] and [(r["text"], r["model"]) for r in spec.suggested] == [("Moved to Friday.", "ner-v2")]
     assert spec.pre_annotations == [{"tool": "label_studio", "model": "ner-v2", "score": 0.5, "questions": ["spans"],
                                      "values": {"spans": {"start": 0, "end": 9, "labels": ["ACTION"]}}}]
 
