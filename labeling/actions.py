@@ -15,13 +15,14 @@ import json
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
+from labeling import sql
 from labeling.imports import ItemSpec, parse_jsonl, pre_annotation_record
 from labeling.models import (
     ASSIGN_ACTIVE,
@@ -354,6 +355,9 @@ def add_candidates(project: Project, produced: dict[int, list[dict[str, Any]]], 
 
 
 # ---- assignment ----------------------------------------------------------------------------------
+# The annotator's two hot requests (next item; submit a judgement) run hand-written SQL through
+# :mod:`labeling.sql`: a handful of statements each, no model instances. Through the ORM most of
+# their cost was building the statements, not running them.
 
 class NoItem(Exception):
     """No item can be handed out now; ``reason`` is a stable code and ``detail`` says why."""
@@ -364,20 +368,68 @@ class NoItem(Exception):
         self.detail = detail
 
 
-def release_expired(project: Project, now: Any = None) -> int:
-    """Reclaim expired locks: their slots go back to the pool."""
-    now = now or timezone.now()
-    return Assignment.objects.filter(project=project, status=ASSIGN_ACTIVE, expires_at__lte=now).update(
-        status=ASSIGN_EXPIRED, slot=None, finished_at=now)
+RULE_FIELDS = ("archived", "task_type", "criteria", "likert_max", "allow_strength", "overlap", "gold_rate",
+               "annotator_cap", "lock_ttl_seconds", "gold_block_accuracy", "gold_min_judged")
 
 
-def gold_standing(project: Project, user: Any) -> tuple[float | None, int]:
+@dataclass(frozen=True)
+class ProjectRules:
+    """The project settings the assignment and judgement rules read, without a model instance."""
+
+    pk: int
+    archived: bool
+    task_type: str
+    criteria: list[str]
+    likert_max: int
+    allow_strength: bool
+    overlap: int
+    gold_rate: float
+    annotator_cap: int | None
+    lock_ttl_seconds: int
+    gold_block_accuracy: float
+    gold_min_judged: int
+
+    criteria_list = Project.criteria_list
+
+    @classmethod
+    def of(cls, project: "Project | ProjectRules | int") -> "ProjectRules":
+        """The rules of a project given as a model instance, as rules already, or by id."""
+        if isinstance(project, ProjectRules):
+            return project
+        if isinstance(project, Project):
+            return cls(project.pk, *(getattr(project, f) for f in RULE_FIELDS))
+        rules = project_rules(project)
+        if rules is None:
+            raise StudioAPIError("not_found", f"No project {project}.", status_code=404)
+        return rules
+
+
+def project_rules(pk: int) -> ProjectRules | None:
+    """One project's rules (one statement), or None when there is no such project."""
+    row = sql.one(f"SELECT {', '.join(RULE_FIELDS)} FROM {sql.table(Project)} WHERE id = %s", [pk])
+    if row is None:
+        return None
+    archived, task_type, criteria, likert_max, strength, overlap, gold_rate, cap, ttl, block, min_judged = row
+    return ProjectRules(pk, bool(archived), task_type, sql.py_json(criteria), likert_max, bool(strength), overlap,
+                        gold_rate, cap, ttl, block, min_judged)
+
+
+def release_expired(project: Any, now: Any = None) -> int:
+    """Reclaim the project's expired locks: their slots go back to the pool."""
+    at = sql.db_datetime(now or timezone.now())
+    return sql.execute(f"UPDATE {sql.table(Assignment)} SET status = %s, slot = NULL, finished_at = %s "
+                       "WHERE project_id = %s AND status = %s AND expires_at <= %s",
+                       [ASSIGN_EXPIRED, at, project.pk, ASSIGN_ACTIVE, at])
+
+
+def gold_standing(project: Any, user: Any) -> tuple[float | None, int]:
     """(gold accuracy, gold judgements) of a user in a project."""
-    counts = Judgement.objects.filter(project=project, annotator=user, is_gold=True, gold_correct__isnull=False) \
-        .aggregate(n=Count("id"), ok=Count("id", filter=Q(gold_correct=True)))
-    if not counts["n"]:
+    n, ok = sql.one(f"SELECT COUNT(*), SUM(CASE WHEN gold_correct THEN 1 ELSE 0 END) FROM {sql.table(Judgement)} "
+                    "WHERE project_id = %s AND annotator_id = %s AND is_gold = %s AND gold_correct IS NOT NULL",
+                    [project.pk, user.pk, True])
+    if not n:
         return None, 0
-    return counts["ok"] / counts["n"], counts["n"]
+    return ok / n, n
 
 
 def _eligible_sql(project: Project, user: Any, *, gold: bool) -> tuple[str, list[Any]]:
@@ -387,18 +439,12 @@ def _eligible_sql(project: Project, user: Any, *, gold: bool) -> tuple[str, list
     the equivalent query than the database spends answering it."""
     item, assignment = Item._meta.db_table, Assignment._meta.db_table
     slots, response = ItemResponse._meta.db_table, Response._meta.db_table
-    sql = (f"FROM {item} i "
+    clause = (f"FROM {item} i "
            "WHERE i.project_id = %s AND i.is_gold = %s AND i.complete = %s "
            f"AND NOT EXISTS (SELECT 1 FROM {assignment} m WHERE m.item_id = i.id AND m.annotator_id = %s) "
            f"AND NOT EXISTS (SELECT 1 FROM {slots} s JOIN {response} r ON r.id = s.response_id "
            "WHERE s.item_id = i.id AND r.author_id = %s) ")
-    return sql, [project.pk, gold, False, user.pk, user.pk]
-
-
-def _fetchone(sql: str, params: list[Any]) -> tuple[Any, ...] | None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+    return clause, [project.pk, gold, False, user.pk, user.pk]
 
 
 def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -> tuple[int, int] | None:
@@ -409,14 +455,14 @@ def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -
     """
     eligible, params = _eligible_sql(project, user, gold=gold)
     held = f"(SELECT COUNT(*) FROM {Assignment._meta.db_table} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
-    sql = f"SELECT i.id, {held} {eligible}"
+    query = f"SELECT i.id, {held} {eligible}"
     if not gold:
-        sql += f"AND {held} < %s "
+        query += f"AND {held} < %s "
         params.append(project.overlap)
-    sql += "ORDER BY i.id LIMIT 1"
+    query += "ORDER BY i.id LIMIT 1"
     if lock:
-        sql += " FOR UPDATE OF i SKIP LOCKED"
-    row = _fetchone(sql, params)
+        query += " FOR UPDATE OF i SKIP LOCKED"
+    row = sql.one(query, params)
     return None if row is None else (row[0], row[1])
 
 
@@ -425,40 +471,54 @@ def _held_by_active_locks(project: Project, user: Any) -> bool:
     (asked once :func:`_free_item` found none, so its slots are all taken; another annotator may
     skip it or let the lock expire, so "nothing left" would be wrong)."""
     eligible, params = _eligible_sql(project, user, gold=False)
-    sql = (f"SELECT 1 {eligible}AND EXISTS (SELECT 1 FROM {Assignment._meta.db_table} a "
+    query = (f"SELECT 1 {eligible}AND EXISTS (SELECT 1 FROM {Assignment._meta.db_table} a "
            "WHERE a.item_id = i.id AND a.status = %s AND a.slot IS NOT NULL) LIMIT 1")
-    return _fetchone(sql, [*params, ASSIGN_ACTIVE]) is not None
+    return sql.one(query, [*params, ASSIGN_ACTIVE]) is not None
 
 
-def next_item(project: Project, user: Any, *, rng: random.Random | None = None) -> Assignment:
-    """Lock the next item for ``user`` (or return their current unexpired lock).
+def _lock(project: ProjectRules, item_id: int, user: Any, slot: int | None, now: Any, expires: Any) -> int:
+    at = sql.db_datetime(now)
+    return sql.insert(Assignment, {"project_id": project.pk, "item_id": item_id, "annotator_id": user.pk,
+                                   "slot": slot, "status": ASSIGN_ACTIVE, "is_gold": slot is None,
+                                   "created_at": at, "expires_at": sql.db_datetime(expires), "finished_at": None})
+
+
+def next_item(project: Project | ProjectRules | int, user: Any, *, rng: random.Random | None = None) -> dict[str, Any]:
+    """Lock the next item for ``user`` (or return their current unexpired lock): the task as the
+    annotator sees it (:func:`task_data`).
 
     Honours overlap (slots 0..N-1 per item), expired locks (reclaimed), no self-review (items with
     a response the user wrote are never shown to them), the per-annotator cap and the gold block
     threshold. Gold items are mixed in at ``gold_rate``. Raises :class:`NoItem` when nothing is left.
     """
+    project = ProjectRules.of(project)
     if project.archived:
         raise NoItem("archived", "This project is archived.")
-    rng = rng or random.Random()
+    rng = rng or random
     now = timezone.now()
+    assignments = sql.table(Assignment)
     # PostgreSQL: a candidate read just before another transaction committed a slot on it is found
     # full once locked; each retry is a new transaction with a fresh snapshot
     attempts = 25
+    locked: tuple[int, int, Any] | None = None
     for _attempt in range(attempts):
         try:
             with write_transaction():
                 release_expired(project, now)
-                current = (Assignment.objects.filter(project=project, annotator=user, status=ASSIGN_ACTIVE)
-                           .order_by("id").first())
+                current = sql.one(f"SELECT id, item_id, expires_at FROM {assignments} WHERE project_id = %s "
+                                  "AND annotator_id = %s AND status = %s ORDER BY id LIMIT 1",
+                                  [project.pk, user.pk, ASSIGN_ACTIVE])
                 if current is not None:
-                    return current
+                    locked = (current[0], current[1], sql.py_datetime(current[2]))
+                    break
                 # gold judgements accrue only while gold items are served (gold_rate > 0)
                 accuracy, judged = gold_standing(project, user) if project.gold_rate > 0 else (None, 0)
                 if accuracy is not None and judged >= project.gold_min_judged and accuracy < project.gold_block_accuracy:
                     raise NoItem("gold_blocked", f"Your accuracy on gold items is {accuracy:.0%}, below the "
                                  f"project's {project.gold_block_accuracy:.0%}; a builder must review your work.")
                 if project.annotator_cap is not None:
-                    done = Judgement.objects.filter(project=project, annotator=user, imported=False).count()
+                    done = sql.one(f"SELECT COUNT(*) FROM {sql.table(Judgement)} WHERE project_id = %s "
+                                   "AND annotator_id = %s AND imported = %s", [project.pk, user.pk, False])[0]
                     if done >= project.annotator_cap:
                         raise NoItem("cap_reached", f"You have reached this project's cap of "
                                      f"{project.annotator_cap} judgements.")
@@ -466,8 +526,8 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                 if project.gold_rate > 0 and rng.random() < project.gold_rate:
                     gold = _free_item(project, user, gold=True)
                     if gold is not None:
-                        return Assignment.objects.create(project=project, item_id=gold[0], annotator=user, slot=None,
-                                                         is_gold=True, expires_at=expires)
+                        locked = (_lock(project, gold[0], user, None, now, expires), gold[0], expires)
+                        break
                 # PostgreSQL: lock the item row so two transactions cannot both take its last slot,
                 # skipping rows another annotator's transaction is locking right now
                 skip_locked = connection.features.has_select_for_update_skip_locked
@@ -485,16 +545,51 @@ def next_item(project: Project, user: Any, *, rng: random.Random | None = None) 
                 if held == 0 and not connection.features.has_select_for_update:
                     free = list(range(project.overlap))
                 else:
-                    used = set(Assignment.objects.filter(item_id=item_id, slot__isnull=False)
-                               .values_list("slot", flat=True))
+                    used = {r[0] for r in sql.rows(f"SELECT slot FROM {assignments} WHERE item_id = %s "
+                                                   "AND slot IS NOT NULL", [item_id])}
                     free = [s for s in range(project.overlap) if s not in used]
                 if not free:
                     continue
-                return Assignment.objects.create(project=project, item_id=item_id, annotator=user, slot=free[0],
-                                                 expires_at=expires)
+                locked = (_lock(project, item_id, user, free[0], now, expires), item_id, expires)
+                break
         except IntegrityError:  # a concurrent transaction took the slot (PostgreSQL): try again
             continue
-    raise NoItem("busy", "Items are being handed out to others right now; try again.")
+    if locked is None:
+        raise NoItem("busy", "Items are being handed out to others right now; try again.")
+    return task_data(project, *locked)
+
+
+SLOT_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def task_data(project: ProjectRules, assignment_id: int, item_id: int, expires_at: Any) -> dict[str, Any]:
+    """A locked item as the annotator sees it: prompt and responses in their recorded order (one
+    statement). Model names are hidden (no identity leaks)."""
+    shown = sql.rows(f"SELECT i.task_type, p.messages, s.response_id, s.position, r.text "
+                     f"FROM {sql.table(Item)} i JOIN {sql.table(Prompt)} p ON p.id = i.prompt_id "
+                     f"LEFT JOIN {sql.table(ItemResponse)} s ON s.item_id = i.id "
+                     f"LEFT JOIN {sql.table(Response)} r ON r.id = s.response_id "
+                     "WHERE i.id = %s ORDER BY s.position", [item_id])
+    task_type, messages = shown[0][0], shown[0][1]
+    return {
+        "assignment": assignment_id, "item": item_id, "project": project.pk,
+        "task_type": task_type or project.task_type,
+        "expires_at": expires_at.isoformat(), "lock_ttl_seconds": project.lock_ttl_seconds,
+        "prompt": sql.py_json(messages),
+        "responses": [{"id": rid, "position": pos, "label": SLOT_LABELS[pos % 26], "text": text}
+                      for _, _, rid, pos, text in shown if rid is not None],
+        "criteria": project.criteria_list(), "likert_max": project.likert_max,
+        "allow_strength": project.allow_strength,
+    }
+
+
+def next_or_reason(project: Project | ProjectRules | int, user: Any) -> dict[str, Any]:
+    """:func:`next_item`, or ``{"assignment": None, "reason", "detail"}`` when there is nothing to do
+    (the body of ``POST …/next/`` and the ``next`` of a submission)."""
+    try:
+        return next_item(project, user)
+    except NoItem as e:
+        return {"assignment": None, "reason": e.reason, "detail": e.detail}
 
 
 def _own_active_lock(assignment: Assignment, user: Any, doing: str) -> Assignment:
@@ -608,9 +703,10 @@ def validate_answer(task_type: str, response_ids: list[int], data: dict[str, Any
     return out
 
 
-def gold_correct(item: Item, fields: dict[str, Any]) -> bool | None:
-    gold = item.gold_answer or {}
-    if not item.is_gold or not gold:
+def gold_correct(is_gold: bool, gold_answer: dict[str, Any] | None, fields: dict[str, Any]) -> bool | None:
+    """Whether an answer matches the item's gold answer (None: not a gold item, or no answer to compare)."""
+    gold = gold_answer or {}
+    if not is_gold or not gold:
         return None
     if "choice" in gold:
         return fields.get("choice") == gold["choice"]
@@ -619,71 +715,112 @@ def gold_correct(item: Item, fields: dict[str, Any]) -> bool | None:
     return None
 
 
-def _answer_fields(item: Item, data: dict[str, Any]) -> dict[str, Any]:
-    project = item.project
+def _answer_fields(kind: str, item_id: int, project: Any, data: dict[str, Any]) -> dict[str, Any]:
     ids: list[int] = []
-    if item.kind in (TASK_RANKING, TASK_RATING):  # only these answers name response ids
-        ids = list(item.slots.order_by("position").values_list("response_id", flat=True))
-    return validate_answer(item.kind, ids, data, allow_strength=project.allow_strength,
-                           criteria=project.criteria_list(), likert_max=project.likert_max)
+    if kind in (TASK_RANKING, TASK_RATING):  # only these answers name response ids
+        ids = [r[0] for r in sql.rows(f"SELECT response_id FROM {sql.table(ItemResponse)} WHERE item_id = %s "
+                                      "ORDER BY position", [item_id])]
+    return validate_answer(kind, ids, data, allow_strength=project.allow_strength,
+                           criteria=Project.criteria_list(project), likert_max=project.likert_max)
+
+
+# a judgement's columns in the API's order (JudgementSerializer); judgement_data renames the keys
+JUDGEMENT_COLUMNS = ("id", "project_id", "item_id", "assignment_id", "annotator_id", "choice", "strength", "ranking",
+                     "ratings", "corrected_text", "label", "comment", "time_on_task_ms", "client_token", "is_gold",
+                     "imported", "edit_count", "created_at", "updated_at")
+_API_NAMES = {c: c[:-3] if c.endswith("_id") and c != "id" else c for c in JUDGEMENT_COLUMNS}
+
+
+def judgement_data(row: tuple[Any, ...] | dict[str, Any]) -> dict[str, Any]:
+    """A judgement row (``JUDGEMENT_COLUMNS``, as stored) in the API's shape (that of
+    :class:`labeling.serializers.JudgementSerializer`)."""
+    values = row if isinstance(row, dict) else dict(zip(JUDGEMENT_COLUMNS, row))
+    out = {_API_NAMES[c]: values[c] for c in JUDGEMENT_COLUMNS}
+    out["ranking"], out["ratings"] = sql.py_json(out["ranking"]), sql.py_json(out["ratings"])
+    for k in ("is_gold", "imported"):
+        out[k] = bool(out[k])
+    if out["label"] is not None:
+        out["label"] = bool(out["label"])
+    out["created_at"] = sql.api_datetime(sql.py_datetime(out["created_at"]))
+    out["updated_at"] = sql.api_datetime(sql.py_datetime(out["updated_at"]))
+    return out
 
 
 def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
-                     client_token: str | None = None) -> tuple[Judgement, bool]:
-    """Record a judgement for the user's locked item. Returns ``(judgement, created)``.
+                     client_token: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Record a judgement for the user's locked item. Returns ``(judgement, created)``, the
+    judgement in the API's shape (:func:`judgement_data`).
 
     The same ``client_token`` sent again returns the stored judgement (``created=False``). Refused
     with a reason: someone else's item (403), an expired lock, a skipped or already judged item (409).
     """
     if client_token is not None and (not isinstance(client_token, str) or not 1 <= len(client_token) <= 100):
         raise _invalid("client_token", "must be text of 1 to 100 characters (a UUID is a good choice)")
+    judgements = sql.table(Judgement)
     with write_transaction():
         if client_token:
-            existing = Judgement.objects.filter(client_token=client_token).first()
+            existing = sql.one(f"SELECT {', '.join(JUDGEMENT_COLUMNS)} FROM {judgements} WHERE client_token = %s",
+                               [client_token])
             if existing is not None:
-                if existing.annotator_id != user.pk:
+                if existing[JUDGEMENT_COLUMNS.index("annotator_id")] != user.pk:
                     raise StudioAPIError("token_in_use", "This client token belongs to another judgement.",
                                          "Use a fresh random token per judgement.", status_code=409)
-                return existing, False
-        try:
-            # lock the assignment row only: locking the joined item and project rows as well would queue
-            # every submission of a project behind one another on PostgreSQL
-            a = (Assignment.objects.select_for_update(of=("self",)).select_related("item", "item__project")
-                 .get(pk=assignment_id))
-        except Assignment.DoesNotExist:
+                return judgement_data(existing), False
+        # lock the assignment row only: locking the joined item and project rows as well would queue
+        # every submission of a project behind one another on PostgreSQL
+        row = sql.one(
+            "SELECT a.annotator_id, a.status, a.expires_at, a.project_id, a.item_id, i.is_gold, i.gold_answer, "
+            "i.task_type, p.task_type, p.allow_strength, p.criteria, p.likert_max, p.overlap, p.lock_ttl_seconds "
+            f"FROM {sql.table(Assignment)} a JOIN {sql.table(Item)} i ON i.id = a.item_id "
+            f"JOIN {sql.table(Project)} p ON p.id = a.project_id WHERE a.id = %s"
+            + (" FOR UPDATE OF a" if connection.features.has_select_for_update_of else ""), [assignment_id])
+        if row is None:
             raise StudioAPIError("not_found", f"No assignment {assignment_id}.", "Ask for your next item.",
-                                 status_code=404) from None
-        if a.annotator_id != user.pk:
+                                 status_code=404)
+        (annotator_id, status, expires_at, project_id, item_id, is_gold, gold_answer, item_task, task_type,
+         allow_strength, criteria, likert_max, overlap, ttl) = row
+        if annotator_id != user.pk:
             raise StudioAPIError("not_your_item", "This item is assigned to another annotator.",
                                  "Ask for your next item; you can only judge items locked for you.", status_code=403)
         now = timezone.now()
-        if a.status == ASSIGN_SUBMITTED:
+        expires_at = sql.py_datetime(expires_at)
+        if status == ASSIGN_SUBMITTED:
             raise StudioAPIError("already_submitted", "You have already judged this item.",
                                  "Edit your judgement instead (PATCH /api/labeling/judgements/<id>/) within the "
                                  "edit window.", status_code=409)
-        if a.status == ASSIGN_SKIPPED:
+        if status == ASSIGN_SKIPPED:
             raise StudioAPIError("skipped", "You skipped this item.", "Ask for your next item.", status_code=409)
-        if a.status == ASSIGN_EXPIRED or a.expires_at <= now:
-            raise StudioAPIError("lock_expired", f"Your lock on this item expired at {a.expires_at:%H:%M:%S} UTC "
+        if status == ASSIGN_EXPIRED or expires_at <= now:
+            raise StudioAPIError("lock_expired", f"Your lock on this item expired at {expires_at:%H:%M:%S} UTC "
                                  "and the item may have gone to someone else.",
                                  "Ask for your next item; answer within the project's lock time "
-                                 f"({a.project.lock_ttl_seconds} s).", status_code=409)
-        item = a.item
-        fields = _answer_fields(item, data)
-        judgement = Judgement.objects.create(
-            project=item.project, item=item, assignment=a, annotator=user, client_token=client_token or None,
-            is_gold=item.is_gold, gold_correct=gold_correct(item, fields), **fields)
-        a.status, a.finished_at = ASSIGN_SUBMITTED, now
-        a.save(update_fields=["status", "finished_at"])
-        if not item.is_gold:
-            Item.objects.filter(pk=item.pk).update(
-                submitted_count=F("submitted_count") + 1,
-                complete=Case(When(submitted_count__gte=item.project.overlap - 1, then=Value(True)),
-                              default=F("complete")))
-        publish("labeling.judgement", {"project": a.project_id, "item": item.pk, "judgement": judgement.pk,
-                                       "annotator": user.pk, "gold": item.is_gold},
-                group=f"labeling.project.{a.project_id}")
-    return judgement, True
+                                 f"({ttl} s).", status_code=409)
+        is_gold = bool(is_gold)
+        rules = SimpleNamespace(task_type=task_type, criteria=sql.py_json(criteria), likert_max=likert_max,
+                                allow_strength=bool(allow_strength))
+        fields = _answer_fields(item_task or task_type, item_id, rules, data)
+        values = {"project_id": project_id, "item_id": item_id, "assignment_id": assignment_id,
+                  "annotator_id": user.pk, "choice": "", "strength": None, "ranking": [], "ratings": {},
+                  "corrected_text": "", "label": None, "comment": "", "time_on_task_ms": None,
+                  "client_token": client_token or None, "is_gold": is_gold, "imported": False, "edit_count": 0,
+                  "created_at": now, "updated_at": now}
+        values.update(fields)
+        at = sql.db_datetime(now)
+        stored = {**values, "ranking": sql.db_json(Judgement, "ranking", values["ranking"]),
+                  "ratings": sql.db_json(Judgement, "ratings", values["ratings"]),
+                  "gold_correct": gold_correct(is_gold, sql.py_json(gold_answer), fields),
+                  "created_at": at, "updated_at": at}
+        values["id"] = sql.insert(Judgement, stored)
+        sql.execute(f"UPDATE {sql.table(Assignment)} SET status = %s, finished_at = %s WHERE id = %s",
+                    [ASSIGN_SUBMITTED, at, assignment_id])
+        if not is_gold:
+            sql.execute(f"UPDATE {sql.table(Item)} SET submitted_count = submitted_count + 1, "
+                        "complete = CASE WHEN submitted_count >= %s THEN %s ELSE complete END WHERE id = %s",
+                        [overlap - 1, True, item_id])
+        publish("labeling.judgement", {"project": project_id, "item": item_id, "judgement": values["id"],
+                                       "annotator": user.pk, "gold": is_gold},
+                group=f"labeling.project.{project_id}")
+    return judgement_data(values), True
 
 
 def edit_judgement(judgement: Judgement, user: Any, data: dict[str, Any]) -> Judgement:
@@ -705,7 +842,7 @@ def edit_judgement(judgement: Judgement, user: Any, data: dict[str, Any]) -> Jud
         merged.update({k: v for k, v in data.items() if k in merged or k == "comment"})
         if "choice" in data and "strength" not in data:
             merged["strength"] = None
-        fields = _answer_fields(j.item, merged)
+        fields = _answer_fields(j.item.kind, j.item_id, j.project, merged)
         for k in ("choice", "strength", "ranking", "ratings", "corrected_text"):
             default = "" if k in ("choice", "corrected_text") else ([] if k == "ranking" else
                                                                      ({} if k == "ratings" else None))
@@ -714,7 +851,7 @@ def edit_judgement(judgement: Judgement, user: Any, data: dict[str, Any]) -> Jud
             j.time_on_task_ms = fields["time_on_task_ms"]
         if "comment" in fields:
             j.comment = fields["comment"]
-        j.gold_correct = gold_correct(j.item, fields)
+        j.gold_correct = gold_correct(j.item.is_gold, j.item.gold_answer, fields)
         j.edit_count += 1
         j.save()
         publish("labeling.judgement.edited", {"project": j.project_id, "item": j.item_id, "judgement": j.pk},

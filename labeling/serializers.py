@@ -13,9 +13,7 @@ from labeling.models import (
     REPORT_SOURCES,
     SEVERITIES,
     TASK_TYPES,
-    Assignment,
     Item,
-    ItemResponse,
     Judgement,
     Project,
     Report,
@@ -78,26 +76,6 @@ class ShownResponseSerializer(serializers.Serializer):
     position = serializers.IntegerField()
     label = serializers.CharField()
     text = serializers.CharField()
-
-
-def assignment_data(a: Assignment) -> dict[str, Any]:
-    """An assignment with what the annotator sees. Model names are hidden (no identity leaks)."""
-    # one query: the shown responses with their item and its prompt
-    slots = list(ItemResponse.objects.filter(item_id=a.item_id).select_related("response", "item__prompt")
-                 .order_by("position"))
-    item: Item = slots[0].item if slots else a.item
-    item.project = a.project
-    labels = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    project = a.project
-    return {
-        "assignment": a.pk, "item": item.pk, "project": project.pk, "task_type": item.kind,
-        "expires_at": a.expires_at.isoformat(), "lock_ttl_seconds": project.lock_ttl_seconds,
-        "prompt": item.prompt.messages,
-        "responses": [{"id": s.response_id, "position": s.position, "label": labels[s.position % 26],
-                       "text": s.response.text} for s in slots],
-        "criteria": project.criteria_list(), "likert_max": project.likert_max,
-        "allow_strength": project.allow_strength,
-    }
 
 
 class AssignmentSerializer(serializers.Serializer):

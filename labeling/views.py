@@ -14,7 +14,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response as APIResponse
 from rest_framework.views import APIView
 
-from labeling import actions, export, stats
+from labeling import actions, export, lean, stats
 from labeling.models import (
     BIAS_KINDS,
     REPORT_CATEGORIES,
@@ -39,7 +39,6 @@ from labeling.serializers import (
     ReportSerializer,
     SnapshotCreateSerializer,
     SnapshotSerializer,
-    assignment_data,
 )
 from studio.errors import StudioAPIError
 from studio.roles import ANNOTATOR, BUILDER, MODERATOR, SIGNED_IN, has_access, role_required
@@ -187,22 +186,15 @@ class ProjectQualityView(APIView):
 
 class NextItemView(APIView):
     """Lock the next item for you (or return your current lock). 200 with the task, or 200 with
-    ``{"assignment": null, "reason", "detail"}`` when there is nothing to do."""
+    ``{"assignment": null, "reason", "detail"}`` when there is nothing to do. (Served by
+    :mod:`labeling.lean` when the request is a plain signed-in JSON call; this view answers the rest
+    with the same code.)"""
 
     required_role = ANNOTATOR
 
     @extend_schema(request=None, responses={200: AssignmentSerializer})
     def post(self, request, pk: int):  # noqa: ANN001, ANN201
-        return APIResponse(_next_data(_project(pk, request.user), request.user))
-
-
-def _next_data(project: Project, user: Any) -> dict[str, Any]:
-    try:
-        a = actions.next_item(project, user)
-    except actions.NoItem as e:
-        return {"assignment": None, "reason": e.reason, "detail": e.detail}
-    a.project = project
-    return assignment_data(a)
+        return APIResponse(actions.next_or_reason(_project(pk, request.user), request.user))
 
 
 class SkipView(APIView):
@@ -253,14 +245,7 @@ class JudgementListView(generics.ListCreateAPIView):
     def post(self, request, *args, **kwargs):  # noqa: ANN001, ANN201
         form = JudgementInputSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        data = dict(form.validated_data)
-        assignment = data.pop("assignment")
-        token = data.pop("client_token", None)
-        want_next = data.pop("next", False)
-        judgement, created = actions.submit_judgement(request.user, assignment, data, token)
-        body = dict(JudgementSerializer(judgement).data)
-        if want_next:
-            body["next"] = _next_data(judgement.project, request.user)
+        body, created = lean.submission(request.user, dict(form.validated_data))
         return APIResponse(body, status=201 if created else 200)
 
 

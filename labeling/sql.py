@@ -1,0 +1,87 @@
+"""Small helpers for the hand-written SQL of the annotator's hot path (:mod:`labeling.actions`).
+
+The two requests an annotator sends all day — submit a judgement, get the next item — run a
+handful of statements each. Through the ORM most of their cost was *building* those statements
+(and model instances); these helpers run plain SQL on Django's connection (same transactions,
+same connection per thread) and convert values the way the model fields would: datetimes as aware
+UTC, JSON columns (text on SQLite, jsonb on PostgreSQL) as Python objects, SQLite's 0/1 as bools.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone as dt_timezone
+from typing import Any, Sequence
+
+from django.db import connection
+from django.db.models import Model
+from django.utils.dateparse import parse_datetime
+
+
+def table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def one(sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def execute(sql: str, params: Sequence[Any] = ()) -> int:
+    """Run a statement; the number of rows it changed."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def insert(model: type[Model], values: dict[str, Any]) -> int:
+    """INSERT one row (column -> already prepared value) and return its id (``RETURNING``:
+    PostgreSQL, SQLite ≥ 3.35)."""
+    cols = ", ".join(connection.ops.quote_name(c) for c in values)
+    marks = ", ".join(["%s"] * len(values))
+    row = one(f"INSERT INTO {table(model)} ({cols}) VALUES ({marks}) RETURNING id", list(values.values()))
+    assert row is not None
+    return row[0]
+
+
+def db_datetime(value: datetime) -> Any:
+    """A datetime as the backend stores it (SQLite: naive UTC text; PostgreSQL: as is)."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def db_json(model: type[Model], field: str, value: Any) -> Any:
+    """A value for a JSON column, prepared by the model field itself (text or a jsonb adapter)."""
+    return model._meta.get_field(field).get_db_prep_save(value, connection)
+
+
+def py_datetime(value: Any) -> datetime | None:
+    """A datetime column's value as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt_timezone.utc)
+    return value
+
+
+def py_json(value: Any) -> Any:
+    """A JSON column's value as Python data (SQLite returns the text, psycopg the data)."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return json.loads(value)
+    return value
+
+
+def api_datetime(value: datetime | None) -> str | None:
+    """A datetime as the API writes it (DRF's format: ISO 8601, UTC as ``Z``)."""
+    if value is None:
+        return None
+    text = value.astimezone(dt_timezone.utc).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

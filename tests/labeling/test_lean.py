@@ -1,0 +1,229 @@
+"""The annotator's hot requests served in front of Django (``labeling/lean.py``, wired in
+``studio/asgi.py``): the same answers as the DRF views, and everything it does not fully
+understand — no session, a wrong role, a bad CSRF token, an API token, a malformed field —
+handed to those views, which refuse it with the API's usual errors.
+
+The requests go through the real ASGI application (on its own request threads and database
+connections, hence committed transactions), as Uvicorn would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.test import Client
+from django.utils import timezone
+
+from labeling import actions, lean
+from labeling.models import Assignment, Judgement
+from labeling.serializers import JudgementSerializer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CSRF = "abcdefghijklmnopqrstuvwxyz012345"  # a CSRF secret: the cookie and the header agree
+
+
+class Studio:
+    """The studio's ASGI HTTP app; records which requests the lean path answered itself."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from studio.asgi import HotPaths
+        from studio.asgi_threads import PooledThreadsASGIHandler
+
+        self.django = PooledThreadsASGIHandler(2)
+        self.app = HotPaths(self.django)
+        self.served: list[bool] = []
+        serve = lean.serve
+
+        def spy(request, route):  # noqa: ANN001, ANN202
+            response = serve(request, route)
+            self.served.append(response is not None)
+            return response
+
+        monkeypatch.setattr(lean, "serve", spy)
+
+    def request(self, method: str, path: str, body: object = None, *, cookies: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, dict, bool | None]:
+        """(status, JSON body, whether the lean path answered: None when it was not asked)."""
+        data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+        head = {"host": "127.0.0.1:8000", "content-type": "application/json", "accept": "application/json",
+                "content-length": str(len(data)), **(headers or {})}
+        if cookies:
+            head["cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "root_path": "", "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 40000),
+                 "http_version": "1.1", "asgi": {"version": "3.0"},
+                 "headers": [(k.encode(), v.encode()) for k, v in head.items()]}
+        before = len(self.served)
+        out: dict = {"body": b""}
+
+        async def run() -> None:
+            sent = False
+
+            async def receive() -> dict:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": data, "more_body": False}
+                await asyncio.sleep(3600)
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    out["status"] = message["status"]
+                else:
+                    out["body"] += message.get("body", b"")
+
+            await self.app(scope, receive, send)
+
+        asyncio.run(run())
+        asked = len(self.served) > before
+        return out["status"], json.loads(out["body"] or b"null"), (self.served[-1] if asked else None)
+
+    def close(self) -> None:
+        """Close the request threads' database connections (the test database is dropped next)."""
+        while not self.django._idle.empty():
+            executor: ThreadPoolExecutor = self.django._idle.get_nowait()
+            executor.submit(connections.close_all).result()
+            executor.shutdown()
+
+
+@pytest.fixture
+def studio(monkeypatch):  # noqa: ANN001, ANN201
+    s = Studio(monkeypatch)
+    yield s
+    if s.django._idle is not None:
+        s.close()
+
+
+def signed_in(user) -> dict[str, str]:  # noqa: ANN001
+    client = Client()
+    client.force_login(user)
+    return {"sessionid": client.cookies["sessionid"].value, "csrftoken": CSRF}
+
+
+def post(studio: Studio, path: str, user_cookies: dict[str, str] | None, body: object = None,
+         **kw: object) -> tuple[int, dict, bool | None]:
+    headers = {"x-csrftoken": CSRF, **kw.pop("headers", {})}  # type: ignore[dict-item]
+    return studio.request("POST", path, body, cookies=user_cookies, headers=headers, **kw)  # type: ignore[arg-type]
+
+
+def test_lean_answers_as_the_views_do(studio, annotator, make_project):  # noqa: ANN001
+    project = make_project(3, name="lean-same")
+    me = signed_in(annotator)
+    status, task, lean_served = post(studio, f"/api/labeling/projects/{project.pk}/next/", me)
+    assert status == 200 and lean_served is True
+    assert task["assignment"] and [r["label"] for r in task["responses"]] == ["A", "B"]
+    assert "model" not in task["responses"][0] and task["prompt"][0]["role"] == "user"
+    # the current lock again, through the DRF view: the very same answer
+    view = Client()
+    view.force_login(annotator)
+    again = view.post(f"/api/labeling/projects/{project.pk}/next/", content_type="application/json")
+    assert again.status_code == 200 and again.json() == task
+
+    body = {"assignment": task["assignment"], "choice": "b", "strength": 2, "client_token": "tok-lean-1",
+            "time_on_task_ms": 1234, "comment": "fine", "next": True}
+    status, judged, lean_served = post(studio, "/api/labeling/judgements/", me, body)
+    assert status == 201 and lean_served is True
+    stored = Judgement.objects.get(pk=judged["id"])
+    assert {k: v for k, v in judged.items() if k != "next"} == JudgementSerializer(stored).data
+    assert stored.choice == "b" and stored.strength == 2 and stored.assignment_id == task["assignment"]
+    assert judged["next"]["assignment"] and judged["next"]["item"] != task["item"]
+    assert Assignment.objects.get(pk=task["assignment"]).status == "submitted"
+    from studio.models import Event
+
+    assert Event.objects.filter(group=f"labeling.project.{project.pk}", kind="labeling.judgement",
+                                payload__judgement=judged["id"]).exists()
+    # the same client token again: the stored judgement, 200, nothing new
+    status, same, _ = post(studio, "/api/labeling/judgements/", me, {**body, "next": False})
+    assert status == 200 and same == {k: v for k, v in judged.items() if k != "next"}
+    assert Judgement.objects.filter(project=project).count() == 1
+
+
+def test_rule_refusals_have_the_same_shape(studio, annotator, make_user, make_project):  # noqa: ANN001
+    project = make_project(3, name="lean-refusals", lock_ttl_seconds=60)
+    other = make_user("olga", "annotator")
+    mine = actions.next_item(project, annotator)
+    theirs = actions.next_item(project, other)
+    me = signed_in(annotator)
+    view = Client(enforce_csrf_checks=False)
+    view.force_login(annotator)
+
+    def both(body: dict) -> tuple[int, dict]:
+        status, lean_body, lean_served = post(studio, "/api/labeling/judgements/", me, body)
+        assert lean_served is True
+        drf = view.post("/api/labeling/judgements/", body, content_type="application/json")
+        assert (status, lean_body) == (drf.status_code, drf.json())
+        return status, lean_body
+
+    status, body = both({"assignment": theirs["assignment"], "choice": "a"})
+    assert status == 403 and body["code"] == "not_your_item" and body["hint"]
+    status, body = both({"assignment": 10 ** 9, "choice": "a"})
+    assert status == 404 and body["code"] == "not_found"
+    status, body = both({"assignment": mine["assignment"], "choice": "a", "strength": 2})
+    assert status == 400 and body["code"] == "invalid" and body["fields"] == {"strength": [
+        "strength +2 contradicts choice 'a'"]}
+    Assignment.objects.filter(pk=mine["assignment"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    status, body = both({"assignment": mine["assignment"], "choice": "a"})
+    assert status == 409 and body["code"] == "lock_expired" and "60 s" in body["hint"]
+    assert not Judgement.objects.exists()
+
+
+def test_what_lean_does_not_understand_goes_to_the_views(studio, annotator, plain_user, make_project):  # noqa: ANN001
+    project = make_project(2, name="lean-declines")
+    me = signed_in(annotator)
+    task = actions.next_item(project, annotator)
+    url = "/api/labeling/judgements/"
+    good = {"assignment": task["assignment"], "choice": "a"}
+
+    status, body, lean_served = post(studio, url, None, good)  # not signed in
+    assert (status, body["code"], lean_served) == (401, "not_authenticated", False)
+    status, body, lean_served = post(studio, url, signed_in(plain_user), good)  # no annotator role
+    assert (status, body["code"], lean_served) == (403, "permission_denied", False)
+    status, body, lean_served = post(studio, url, me, good, headers={"x-csrftoken": "wrong" * 6 + "xx"})
+    assert (status, body["code"], lean_served) == (403, "permission_denied", False) and "CSRF" in body["detail"]
+    status, body, lean_served = studio.request("POST", url, good, cookies=me)  # no CSRF header at all
+    assert (status, lean_served) == (403, False) and "CSRF" in body["detail"]
+    status, body, lean_served = post(studio, url, {**me, "sessionid": "x" * 32}, good)  # unknown session
+    assert (status, body["code"], lean_served) == (401, "not_authenticated", False)
+    status, body, lean_served = post(studio, url, me, {"assignment": task["assignment"], "choice": "left"})
+    assert (status, body["code"], lean_served) == (400, "invalid", False) and "choice" in body["fields"]
+    status, body, lean_served = post(studio, url, me, raw=b"{not json")
+    assert (status, body["code"], lean_served) == (400, "parse_error", False)
+    status, body, lean_served = post(studio, url, me, {**good, "comment": "  padded  "})  # DRF trims: its job
+    assert (status, lean_served) == (201, False) and body["comment"] == "padded"
+    assert Judgement.objects.count() == 1
+
+    status, body, lean_served = post(studio, "/api/labeling/projects/999999/next/", me)
+    assert (status, body["code"], lean_served) == (404, "not_found", False)
+    # a changed password signs the old session out: Django's own path decides
+    annotator.set_password("a-new-password-1")
+    annotator.save()
+    status, body, lean_served = post(studio, f"/api/labeling/projects/{project.pk}/next/", me)
+    assert (status, body["code"], lean_served) == (401, "not_authenticated", False)
+
+
+def test_api_tokens_use_the_views(studio, annotator, make_project):  # noqa: ANN001
+    from studio.models import ApiToken, hash_token
+
+    project = make_project(2, name="lean-token")
+    ApiToken.objects.create(user=annotator, name="bot", prefix="lls_test", key_hash=hash_token("lls_test-key"))
+    status, body, lean_served = studio.request("POST", f"/api/labeling/projects/{project.pk}/next/",
+                                               headers={"authorization": "Token lls_test-key"})
+    assert (status, lean_served) == (200, False) and body["assignment"]
+    status, body, lean_served = studio.request("POST", f"/api/labeling/projects/{project.pk}/next/",
+                                               headers={"authorization": "Token wrong"})
+    assert (status, body["code"], lean_served) == (401, "authentication_failed", False)
+
+
+def test_match_names_only_the_hot_requests() -> None:
+    assert lean.match("POST", "/api/labeling/judgements/") == (lean.SUBMIT, None)
+    assert lean.match("POST", "/api/labeling/projects/12/next/") == (lean.NEXT, 12)
+    assert lean.match("GET", "/api/labeling/judgements/") is None
+    assert lean.match("POST", "/api/labeling/projects/x/next/") is None
+    assert lean.match("POST", "/api/labeling/judgements/3/") is None
