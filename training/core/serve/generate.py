@@ -1,8 +1,10 @@
 """Batched generation with a static KV cache, streaming and chat.
 
-One prefill over the (left-padded) prompts, then one single-token forward per step. Only the last
-position's logits are ever computed, the cache is preallocated once, and the loop synchronises
-with Python once per step (to stream tokens and check stop tokens).
+One prefill over the prompts, then one single-token step per new token. Only the last position's
+logits are ever computed, the cache is preallocated once and written in place, and the loop
+synchronises with Python once per step (to stream tokens and check stop tokens). Plain models run
+the flat path of :mod:`training.core.serve.flat` on a decoding copy of their weights; models whose
+layers compute something else (hooks, custom projections, sharded parameters) run their own forward.
 
 >>> from training.core.config import ModelConfig
 >>> from training.core.model import Transformer
@@ -18,17 +20,18 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from training.core.model import KVCache, Transformer, rope_rotate
+from training.core.model import KVCache, Transformer
+from training.core.serve.flat import (
+    DecodeWeights, FlatCache, decode_step, flat_decoding_applies, prefill, step_rotations,
+)
 from training.core.serve.sampling import apply_repetition_penalty, sample_next
 
 if TYPE_CHECKING:
     from training.core.tokenizer import StudioTokenizer
 
-__all__ = ["generate", "chat", "decode_step", "release_decode_weights", "GenerationError"]
+__all__ = ["generate", "chat", "release_decode_weights", "GenerationError"]
 
 TokenCallback = Callable[[int, int], Any]  # (row, token_id)
 
@@ -40,35 +43,6 @@ class GenerationError(ValueError):
         self.message = message
         self.hint = hint
         super().__init__(message + (f" (hint: {hint})" if hint else ""))
-
-
-class _DecodeWeights:
-    """The weights of a decoding step, laid out for one-row-at-a-time matmuls: q/k/v and gate/up
-    concatenated, every matrix transposed to ``(in, out)`` and contiguous. With a handful of rows,
-    ``x @ W_t`` streams the weights in the order the GEMM kernel reads them and is 1.3-1.5x faster
-    here than ``F.linear(x, W)`` (``x @ W.T``), and two fused matmuls replace five.
-
-    Built once and kept on the model (about one extra copy of the block and output weights);
-    rebuilt when any parameter may have changed (``key``: storage and version counter of every
-    parameter, and the number of optimizer steps taken in the process, since fused optimizers do
-    not bump version counters). Writes through ``param.data`` bump nothing: call
-    :func:`release_decode_weights` after those."""
-
-    def __init__(self, model: Transformer, key: tuple[Any, ...]) -> None:
-        self.key = key
-        self.layers = []
-        with torch.no_grad():
-            for layer in model.layers:
-                a, f = layer.attention, layer.feed_forward
-                self.layers.append((
-                    layer.attention_norm.weight,
-                    torch.cat((a.wq.weight, a.wk.weight, a.wv.weight)).t().contiguous(),  # (C, (H+2Hk)*D)
-                    a.wo.weight.t().contiguous(),  # (H*D, C)
-                    layer.ffn_norm.weight,
-                    torch.cat((f.w1.weight, f.w3.weight)).t().contiguous(),  # (C, 2F)
-                    f.w2.weight.t().contiguous(),  # (F, C)
-                ))
-            self.output = model.output.weight.t().contiguous()  # (C, V)
 
 
 _optimizer_steps = 0  # optimizer steps taken in this process (any torch.optim optimizer)
@@ -85,32 +59,22 @@ register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def _params_key(model: Transformer) -> tuple[Any, ...]:
-    return (_optimizer_steps, *((p.data_ptr(), p._version) for p in model.parameters()))
+    """Changes whenever a parameter or buffer may have changed: storage and version counter of
+    each, and the number of optimizer steps taken in the process (fused optimizers do not bump
+    version counters). Writes through ``param.data`` bump nothing: call
+    :func:`release_decode_weights` after those."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return (_optimizer_steps, *((t.data_ptr(), t._version) for t in tensors))
 
 
-def _flat_decoding_applies(model: Transformer) -> bool:
-    """The flat step reads ``.weight`` of plain ``nn.Linear`` layers and of LoRA layers (whose
-    ``weight`` is the merged ``W + s B A``); layers with any other forward or with hooks go through
-    the model's forward instead."""
-    from training.core.lora import LoRALinear
-
-    for layer in model.layers:
-        for lin in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.attention.wo,
-                    layer.feed_forward.w1, layer.feed_forward.w2, layer.feed_forward.w3):
-            plain = (isinstance(lin, torch.nn.Linear) and type(lin).forward is torch.nn.Linear.forward
-                     and lin.bias is None) or type(lin) is LoRALinear
-            if not plain or lin._forward_hooks or lin._forward_pre_hooks:
-                return False
-    return all(type(p.data) is torch.Tensor for p in model.parameters())  # not sharded (DTensor)
-
-
-def _decode_weights(model: Transformer) -> _DecodeWeights:
-    """The model's cached :class:`_DecodeWeights`, rebuilt if a parameter changed since."""
+def _decode_weights(model: Transformer) -> DecodeWeights:
+    """The model's cached :class:`~training.core.serve.flat.DecodeWeights`, rebuilt if a parameter
+    changed since."""
     key = _params_key(model)
     cached = model.__dict__.get("_decode_weights")
     if cached is None or cached.key != key:
         model.__dict__["_decode_weights"] = None  # free the old copy before building the new one
-        cached = _DecodeWeights(model, key)
+        cached = DecodeWeights(model, key)
         model.__dict__["_decode_weights"] = cached
     return cached
 
@@ -118,47 +82,6 @@ def _decode_weights(model: Transformer) -> _DecodeWeights:
 def release_decode_weights(model: Transformer) -> None:
     """Drop the decoding copy of the weights that :func:`generate` keeps on ``model``."""
     model.__dict__.pop("_decode_weights", None)
-
-
-def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, pos: int,
-                weights: _DecodeWeights | None = None) -> torch.Tensor:
-    """One decoding step: final-normed hidden states ``(B, C)`` of ``tokens`` ``(B, 1)`` at ``pos``.
-
-    The same maths as ``model(tokens, kv_cache=cache, start_pos=pos, return_hidden=True)``
-    (tests check they agree), written as a flat sequence of functional calls on the transposed,
-    fused weights of :class:`_DecodeWeights`: no module dispatch, fused RMSNorm kernels, one matmul
-    for q/k/v and one for gate/up, residual adds fused into the output matmuls (``addmm``), rotary
-    on q and k in one call, and attention of each KV head's query group as one SDPA "sequence"
-    (no key/value repetition). At a few tokens per step this is what makes small models decode fast.
-    """
-    cfg = model.cfg
-    w = weights if weights is not None else _decode_weights(model)
-    B = tokens.shape[0]
-    H, Hk, D, C, Fh = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.dim, cfg.hidden_dim
-    G, eps = H // Hk, cfg.norm_eps
-    cache.prepare(pos, 1, None)
-    dtype = model.tok_embeddings.weight.dtype
-    if cache.positions is None:
-        cos, sin = model.rope_cos[pos:pos + 1], model.rope_sin[pos:pos + 1]  # (1, D/2)
-    else:
-        rows = cache.positions[:, 0]
-        cos, sin = model.rope_cos[rows][:, None], model.rope_sin[rows][:, None]  # (B, 1, D/2)
-    cos, sin = cos.to(dtype), sin.to(dtype)
-    mask, end = cache.mask, pos + 1
-    h = model.tok_embeddings.weight[tokens[:, 0]]  # (B, C)
-    for i, (attn_norm, wqkv, wo, ffn_norm, w13, w2) in enumerate(w.layers):
-        x = F.rms_norm(h, (C,), attn_norm, eps)
-        qkv = torch.mm(x, wqkv).view(B, H + 2 * Hk, D)
-        qk = rope_rotate(qkv[:, :H + Hk], cos, sin, 1.0)  # (B, H + Hk, D): q heads then k heads
-        cache.k[i][:, :, pos] = qk[:, H:]
-        cache.v[i][:, :, pos] = qkv[:, H + Hk:]
-        q = qk[:, :H].view(B, Hk, G, D)  # the G query heads of a KV head as one sequence of G queries
-        y = F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end],
-                                           attn_mask=mask)  # (B, Hk, G, D)
-        h = torch.addmm(h, y.reshape(B, H * D), wo)
-        gu = torch.mm(F.rms_norm(h, (C,), ffn_norm, eps), w13)  # (B, 2F)
-        h = torch.addmm(h, F.silu(gu[:, :Fh]) * gu[:, Fh:], w2)
-    return F.rms_norm(h, (C,), model.norm.weight, eps)  # (B, C)
 
 
 @torch.inference_mode()
@@ -197,6 +120,9 @@ def generate(
     if temperature < 0 or (top_p is not None and not 0.0 < top_p <= 1.0) or repetition_penalty <= 0:
         raise GenerationError("invalid sampling settings",
                               "use temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0")
+    V = model.cfg.vocab_size
+    if any(not 0 <= int(t) < V for p in prompts for t in p):
+        raise GenerationError(f"prompt token ids must be in [0, {V})", "encode prompts with this model's tokenizer")
     B = len(prompts)
     lengths = [len(p) for p in prompts]
     longest = max(lengths)
@@ -209,40 +135,39 @@ def generate(
     if max_new_tokens == 0:
         return outputs
 
-    param = next(model.parameters())
-    device = param.device
-    tokens = torch.full((B, longest), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, longest, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        tokens[i, longest - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, longest - len(p):] = True
-    tokens, mask = tokens.to(device), mask.to(device)
-    cache = KVCache(model.cfg, B, total, device=device, dtype=param.dtype)
+    device = next(model.parameters()).device
+    seen = None
+    if repetition_penalty != 1.0:  # every prompt token counts as seen
+        seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            seen[i, torch.as_tensor(list(p), dtype=torch.long, device=device)] = True
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)
-        seen.scatter_(1, tokens, mask)
     stops = {int(s) for s in stop_ids}
     stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device) if stops else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     done_list = [False] * B
 
-    flat = _flat_decoding_applies(model)
-    weights = _decode_weights(model) if flat else None
-    hidden = model(tokens, attention_mask=None if bool(mask.all()) else mask, kv_cache=cache, start_pos=0,
-                   return_hidden=True)[:, -1]  # (B, C): the last position only
-    pos = longest
+    if flat_decoding_applies(model):
+        weights = _decode_weights(model)
+        flat_cache = FlatCache(weights, B, total, device)
+        logits = prefill(weights, [list(p) for p in prompts], flat_cache)  # (B, V)
+        rotations = step_rotations(weights, lengths, max_new_tokens - 1, device)  # (steps, B, 1, D/2)
+        linears = weights.linears(B)
+    else:
+        weights = None
+        cache = _model_prefill_cache(model, prompts, pad_id, total, device)
+        logits = model.output(cache.last_hidden)
+    slot = longest  # the cache slot of the next token (prompts are left-padded to the longest)
     for step in range(max_new_tokens):
-        logits = (torch.mm(hidden, weights.output) if weights is not None else model.output(hidden)).float()  # (B, V)
         if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B,)
+            logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
+        nxt = sample_next(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p,
+                          generator=generator)  # (B,)
         if stop_tensor is not None:
             done = done | torch.isin(nxt, stop_tensor)
-        nxt = nxt.masked_fill(done, pad_id) if stop_tensor is not None else nxt
+            nxt = nxt.masked_fill(done, pad_id)
         chosen = nxt.tolist()
         finished = done.tolist() if stop_tensor is not None else done_list
         for i in range(B):
@@ -259,11 +184,29 @@ def generate(
         if seen is not None:
             seen.scatter_(1, nxt[:, None], ~done[:, None])
         if weights is not None:
-            hidden = decode_step(model, nxt[:, None], cache, pos, weights)  # (B, C)
+            logits = decode_step(weights, nxt, flat_cache, slot, rotations[step], linears)  # (B, V)
         else:
-            hidden = model(nxt[:, None], kv_cache=cache, start_pos=pos, return_hidden=True)[:, 0]
-        pos += 1
+            logits = model.output(model(nxt[:, None], kv_cache=cache, start_pos=slot, return_hidden=True)[:, 0])
+        slot += 1
     return outputs
+
+
+def _model_prefill_cache(model: Transformer, prompts: Sequence[Sequence[int]], pad_id: int, total: int,
+                         device: torch.device) -> KVCache:
+    """Prefill through the model's own forward (the path for models the flat path does not apply
+    to): a :class:`KVCache` holding the left-padded prompts, with ``last_hidden`` (B, C) set."""
+    B, longest = len(prompts), max(len(p) for p in prompts)
+    tokens = torch.full((B, longest), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, longest, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, longest - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, longest - len(p):] = True
+    tokens, mask = tokens.to(device), mask.to(device)
+    cache = KVCache(model.cfg, B, total, device=device, dtype=next(model.parameters()).dtype)
+    hidden = model(tokens, attention_mask=None if bool(mask.all()) else mask, kv_cache=cache, start_pos=0,
+                   return_hidden=True)
+    cache.last_hidden = hidden[:, -1]  # type: ignore[attr-defined]
+    return cache
 
 
 def chat(model: Transformer, tokenizer: "StudioTokenizer", messages: list[dict[str, Any]], *,
