@@ -338,3 +338,64 @@ def test_training_gradients_match_transformers_llama(tmp_path, padded):
                                       .replace("ffn_norm", "post_attention_layernorm"))
         other = hf_params[hf_name].grad
         assert other is not None and (p.grad - other).abs().max().item() <= 1e-5, name
+
+
+@pytest.mark.parametrize("group", [1, 3], ids=["mha", "gqa"])
+@pytest.mark.parametrize("T,block", [(1, 4), (37, 8), (64, 16), (20, 32)])
+def test_block_causal_attention_equals_sdpa(group, T, block):
+    """The CPU training attention (query blocks, stored probabilities, hand-written backward) gives
+    the outputs and gradients of causal ``scaled_dot_product_attention`` with grouped heads."""
+    import torch.nn.functional as F
+
+    from training.core.model import _BlockCausalAttention
+
+    B, Hk, D = 2, 2, 16
+    H = Hk * group
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(B, h, T, D, generator=g).requires_grad_() for h in (H, Hk, Hk))
+    upstream = torch.randn(B, H, T, D, generator=g)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=group > 1)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), upstream)
+
+    def grouped(t: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) -> (B*Hk, T*G, D), rows (position, head)
+        return t.reshape(B, Hk, group, T, D).transpose(2, 3).reshape(B * Hk, T * group, D)
+
+    qg = grouped(q.detach()).requires_grad_()
+    kg, vg = (t.detach().reshape(B * Hk, T, D).requires_grad_() for t in (k, v))
+    out = _BlockCausalAttention.apply(qg, kg, vg, group, block)
+    grads = torch.autograd.grad(out, (qg, kg, vg), grouped(upstream))
+    assert (out - grouped(ref.detach())).abs().max().item() <= 1e-5
+    assert (grads[0] - grouped(ref_grads[0])).abs().max().item() <= 1e-5
+    assert (grads[1] - ref_grads[1].reshape(B * Hk, T, D)).abs().max().item() <= 1e-5
+    assert (grads[2] - ref_grads[2].reshape(B * Hk, T, D)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("n_kv_heads", [2, None], ids=["gqa", "mha"])
+def test_block_attention_training_step_equals_flash_path(monkeypatch, n_kv_heads):
+    """Loss and every gradient are the same through the blocked CPU attention (several blocks, a
+    partial last one) and through ``scaled_dot_product_attention``; evaluation never takes it."""
+    import training.core.model as model_module
+
+    model = make(tiny(n_kv_heads=n_kv_heads)).train()
+    g = torch.Generator().manual_seed(8)
+    tokens, targets = torch.randint(0, 211, (2, 45), generator=g), torch.randint(0, 211, (2, 45), generator=g)
+    monkeypatch.setattr(model_module, "ATTENTION_BLOCK", 8)
+    calls = []
+    original = model_module._BlockCausalAttention.apply
+    monkeypatch.setattr(model_module._BlockCausalAttention, "apply", lambda *a: calls.append(1) or original(*a))
+    loss = model(tokens, targets=targets)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert len(calls) == model.cfg.n_layers
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(model_module, "BLOCK_ATTENTION_MAX_SEQ", 0)  # every length: the flash kernel
+    ref = model(tokens, targets=targets)
+    ref.backward()
+    assert len(calls) == model.cfg.n_layers
+    assert abs(loss.item() - ref.item()) <= 1e-6
+    for name, p in model.named_parameters():
+        assert (p.grad - grads[name]).abs().max().item() <= 1e-6, name
+    monkeypatch.setattr(model_module, "BLOCK_ATTENTION_MAX_SEQ", 1024)
+    with torch.no_grad():
+        model(tokens, targets=targets)
+    assert len(calls) == model.cfg.n_layers
