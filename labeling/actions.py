@@ -15,7 +15,6 @@ import json
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -407,8 +406,11 @@ class ProjectRules:
 def project_rules(pk: int) -> ProjectRules | None:
     """One project's rules (one statement), or None when there is no such project."""
     row = sql.one(f"SELECT {', '.join(RULE_FIELDS)} FROM {sql.table(Project)} WHERE id = %s", [pk])
-    if row is None:
-        return None
+    return None if row is None else _rules_from_row(pk, row)
+
+
+def _rules_from_row(pk: int, row: tuple[Any, ...]) -> ProjectRules:
+    """Rules from the values of ``RULE_FIELDS`` as the database returns them."""
     archived, task_type, criteria, likert_max, strength, overlap, gold_rate, cap, ttl, block, min_judged = row
     return ProjectRules(pk, bool(archived), task_type, sql.py_json(criteria), likert_max, bool(strength), overlap,
                         gold_rate, cap, ttl, block, min_judged)
@@ -721,7 +723,7 @@ def _answer_fields(kind: str, item_id: int, project: Any, data: dict[str, Any]) 
         ids = [r[0] for r in sql.rows(f"SELECT response_id FROM {sql.table(ItemResponse)} WHERE item_id = %s "
                                       "ORDER BY position", [item_id])]
     return validate_answer(kind, ids, data, allow_strength=project.allow_strength,
-                           criteria=Project.criteria_list(project), likert_max=project.likert_max)
+                           criteria=project.criteria_list(), likert_max=project.likert_max)
 
 
 # a judgement's columns in the API's order (JudgementSerializer); judgement_data renames the keys
@@ -747,9 +749,10 @@ def judgement_data(row: tuple[Any, ...] | dict[str, Any]) -> dict[str, Any]:
 
 
 def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
-                     client_token: str | None = None) -> tuple[dict[str, Any], bool]:
-    """Record a judgement for the user's locked item. Returns ``(judgement, created)``, the
-    judgement in the API's shape (:func:`judgement_data`).
+                     client_token: str | None = None) -> tuple[dict[str, Any], bool, ProjectRules | int]:
+    """Record a judgement for the user's locked item. Returns ``(judgement, created, project)``: the
+    judgement in the API's shape (:func:`judgement_data`), and the project's rules as read for it
+    (its id when the judgement was already stored), for :func:`next_item`.
 
     The same ``client_token`` sent again returns the stored judgement (``created=False``). Refused
     with a reason: someone else's item (403), an expired lock, a skipped or already judged item (409).
@@ -765,20 +768,20 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
                 if existing[JUDGEMENT_COLUMNS.index("annotator_id")] != user.pk:
                     raise StudioAPIError("token_in_use", "This client token belongs to another judgement.",
                                          "Use a fresh random token per judgement.", status_code=409)
-                return judgement_data(existing), False
+                return judgement_data(existing), False, existing[JUDGEMENT_COLUMNS.index("project_id")]
         # lock the assignment row only: locking the joined item and project rows as well would queue
         # every submission of a project behind one another on PostgreSQL
         row = sql.one(
             "SELECT a.annotator_id, a.status, a.expires_at, a.project_id, a.item_id, i.is_gold, i.gold_answer, "
-            "i.task_type, p.task_type, p.allow_strength, p.criteria, p.likert_max, p.overlap, p.lock_ttl_seconds "
+            f"i.task_type, {', '.join('p.' + f for f in RULE_FIELDS)} "
             f"FROM {sql.table(Assignment)} a JOIN {sql.table(Item)} i ON i.id = a.item_id "
             f"JOIN {sql.table(Project)} p ON p.id = a.project_id WHERE a.id = %s"
             + (" FOR UPDATE OF a" if connection.features.has_select_for_update_of else ""), [assignment_id])
         if row is None:
             raise StudioAPIError("not_found", f"No assignment {assignment_id}.", "Ask for your next item.",
                                  status_code=404)
-        (annotator_id, status, expires_at, project_id, item_id, is_gold, gold_answer, item_task, task_type,
-         allow_strength, criteria, likert_max, overlap, ttl) = row
+        annotator_id, status, expires_at, project_id, item_id, is_gold, gold_answer, item_task = row[:8]
+        project = _rules_from_row(project_id, row[8:])
         if annotator_id != user.pk:
             raise StudioAPIError("not_your_item", "This item is assigned to another annotator.",
                                  "Ask for your next item; you can only judge items locked for you.", status_code=403)
@@ -794,11 +797,9 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
             raise StudioAPIError("lock_expired", f"Your lock on this item expired at {expires_at:%H:%M:%S} UTC "
                                  "and the item may have gone to someone else.",
                                  "Ask for your next item; answer within the project's lock time "
-                                 f"({ttl} s).", status_code=409)
+                                 f"({project.lock_ttl_seconds} s).", status_code=409)
         is_gold = bool(is_gold)
-        rules = SimpleNamespace(task_type=task_type, criteria=sql.py_json(criteria), likert_max=likert_max,
-                                allow_strength=bool(allow_strength))
-        fields = _answer_fields(item_task or task_type, item_id, rules, data)
+        fields = _answer_fields(item_task or project.task_type, item_id, project, data)
         values = {"project_id": project_id, "item_id": item_id, "assignment_id": assignment_id,
                   "annotator_id": user.pk, "choice": "", "strength": None, "ranking": [], "ratings": {},
                   "corrected_text": "", "label": None, "comment": "", "time_on_task_ms": None,
@@ -816,11 +817,22 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
         if not is_gold:
             sql.execute(f"UPDATE {sql.table(Item)} SET submitted_count = submitted_count + 1, "
                         "complete = CASE WHEN submitted_count >= %s THEN %s ELSE complete END WHERE id = %s",
-                        [overlap - 1, True, item_id])
+                        [project.overlap - 1, True, item_id])
         publish("labeling.judgement", {"project": project_id, "item": item_id, "judgement": values["id"],
                                        "annotator": user.pk, "gold": is_gold},
                 group=f"labeling.project.{project_id}")
-    return judgement_data(values), True
+    return judgement_data(values), True, project
+
+
+def submit_judgement_and_next(user: Any, assignment_id: int, data: dict[str, Any], client_token: str | None = None,
+                              *, want_next: bool = False) -> tuple[dict[str, Any], bool]:
+    """:func:`submit_judgement`, and with ``want_next`` the next item (:func:`next_or_reason`) under
+    ``next`` — in one transaction (on SQLite one turn of the write lock instead of two)."""
+    with write_transaction():
+        body, created, project = submit_judgement(user, assignment_id, data, client_token)
+        if want_next:
+            body["next"] = next_or_reason(project, user)
+    return body, created
 
 
 def edit_judgement(judgement: Judgement, user: Any, data: dict[str, Any]) -> Judgement:

@@ -66,10 +66,7 @@ def submission(user: Any, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     assignment = data.pop("assignment")
     token = data.pop("client_token", None)
     want_next = data.pop("next", False)
-    body, created = actions.submit_judgement(user, assignment, data, token)
-    if want_next:
-        body["next"] = actions.next_or_reason(body["project"], user)
-    return body, created
+    return actions.submit_judgement_and_next(user, assignment, data, token, want_next=want_next)
 
 
 # ---- what the regular stack would check first ---------------------------------------------------

@@ -9,6 +9,7 @@ UTC, JSON columns (text on SQLite, jsonb on PostgreSQL) as Python objects, SQLit
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone as dt_timezone
 from typing import Any, Sequence
@@ -18,7 +19,9 @@ from django.db.models import Model
 from django.utils.dateparse import parse_datetime
 
 
+@functools.cache
 def table(model: type[Model]) -> str:
+    """The model's table name, quoted for the database (the same database for the whole process)."""
     return connection.ops.quote_name(model._meta.db_table)
 
 

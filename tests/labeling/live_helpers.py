@@ -42,6 +42,21 @@ print(json.dumps({"per_item": per_item, "judgements": Judgement.objects.filter(p
                   "by_annotator": {str(k): v for k, v in Judgement.objects.filter(project_id=pid).values_list("annotator__username").annotate(n=Count("id"))}}))
 '''
 
+SESSIONS = r'''
+import json
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+keys = {}
+for user in get_user_model().objects.filter(username__in=json.loads(NAMES)):
+    session = SessionStore()  # what signing in stores (django.contrib.auth.login)
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    keys[user.username] = session.session_key
+print(json.dumps(keys))
+'''
+
 
 def _shell(server: Any, code: str) -> str:
     try:
@@ -58,3 +73,9 @@ def setup_project(server: Any, *, annotators: list[str], password: str, items: i
 
 def check_project(server: Any, project_id: int) -> dict[str, Any]:
     return json.loads(_shell(server, CHECK.replace("PID", str(project_id))))
+
+
+def signed_in_sessions(server: Any, usernames: list[str]) -> dict[str, str]:
+    """Session keys for these users, stored as signing in stores them (no password hashing, and no
+    login form: works with production settings, whose cookies are HTTPS-only)."""
+    return json.loads(_shell(server, SESSIONS.replace("NAMES", repr(json.dumps(usernames)))))
