@@ -295,6 +295,7 @@ def import_jsonl(project: Project, user: Any, text: str, *, on_error: str = "ref
         publish("labeling.imported", {"project": project.pk, **{k: v for k, v in result.as_dict().items()
                                                                  if k != "errors"}, "skipped_lines": len(bad)},
                 group=project.event_group, actor=user)
+    refresh_planner_statistics()
     return result
 
 
@@ -350,7 +351,23 @@ def add_candidates(project: Project, produced: dict[int, list[dict[str, Any]]], 
                 ItemResponse.objects.bulk_create([ItemResponse(item=item, response=group[k], position=pos)
                                                   for pos, k in enumerate(order)])
                 counts["items"] += 1
+    refresh_planner_statistics()
     return counts
+
+
+def refresh_planner_statistics() -> None:
+    """PostgreSQL: refresh the statistics of the tables the next-item query reads, after a bulk load.
+
+    The planner picks the next-item plan from them. A table just filled in bulk has none until
+    autovacuum comes by (a minute or more later); meanwhile PostgreSQL scans and sorts every open
+    item (and counts each one's held slots) instead of walking the item index and stopping at the
+    first free one: ~5 ms instead of ~0.5 ms per assignment with 3,000 items, for every annotator.
+    """
+    if connection.vendor != "postgresql":
+        return
+    tables = ", ".join(sql.table(m) for m in (Item, Assignment, ItemResponse, Response))
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {tables}")
 
 
 # ---- assignment ----------------------------------------------------------------------------------
