@@ -362,9 +362,9 @@ def test_block_causal_attention_equals_sdpa(group, T, block):
 
     qg = grouped(q.detach()).requires_grad_()
     kg, vg = (t.detach().reshape(B * Hk, T, D).requires_grad_() for t in (k, v))
-    out = _BlockCausalAttention.apply(qg, kg, vg, group, block)
-    grads = torch.autograd.grad(out, (qg, kg, vg), grouped(upstream))
-    assert (out - grouped(ref.detach())).abs().max().item() <= 1e-5
+    out = _BlockCausalAttention.apply(qg, kg, vg, B, group, block)  # (B, T, H*D), heads in order
+    grads = torch.autograd.grad(out, (qg, kg, vg), upstream.transpose(1, 2).reshape(B, T, H * D))
+    assert (out - ref.detach().transpose(1, 2).reshape(B, T, H * D)).abs().max().item() <= 1e-5
     assert (grads[0] - grouped(ref_grads[0])).abs().max().item() <= 1e-5
     assert (grads[1] - ref_grads[1].reshape(B * Hk, T, D)).abs().max().item() <= 1e-5
     assert (grads[2] - ref_grads[2].reshape(B * Hk, T, D)).abs().max().item() <= 1e-5
