@@ -49,7 +49,12 @@ class HotPaths:
         body = b"".join(chunks)
         response = None
         if not more and size <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            response = await self.app.run_sync(lean.serve, ASGIRequest(scope, io.BytesIO(body)), route)
+            try:
+                request = ASGIRequest(scope, io.BytesIO(body))
+            except (UnicodeDecodeError, ValueError):  # Django answers a malformed request itself
+                request = None
+            if request is not None:
+                response = await self.app.run_sync(lean.serve, request, route)
         if response is not None:
             await self.app.send_response(response, send)
             return

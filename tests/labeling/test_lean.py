@@ -227,3 +227,33 @@ def test_match_names_only_the_hot_requests() -> None:
     assert lean.match("GET", "/api/labeling/judgements/") is None
     assert lean.match("POST", "/api/labeling/projects/x/next/") is None
     assert lean.match("POST", "/api/labeling/judgements/3/") is None
+
+
+def test_ranking_and_rating_answers_through_lean(studio, annotator, builder):  # noqa: ANN001
+    lines = "\n".join(json.dumps({"id": f"r{i}", "prompt": f"Rank {i}", "responses": [
+        {"text": f"one {i}", "model": "m1"}, {"text": f"two {i}", "model": "m2"}, {"text": f"three {i}", "model": "m3"}]})
+        for i in range(2))
+    me = signed_in(annotator)
+    for task_type, answer in (("ranking", lambda ids: {"ranking": ids[::-1]}),
+                              ("rating", lambda ids: {"ratings": {str(r): {"helpful": 4, "honest": 5} for r in ids}})):
+        project = actions.create_project(builder, name=f"lean-{task_type}", task_type=task_type,
+                                         criteria=["helpful", "honest"])
+        actions.import_jsonl(project, builder, lines, seed=1)
+        status, task, lean_served = post(studio, f"/api/labeling/projects/{project.pk}/next/", me)
+        assert status == 200 and lean_served and task["task_type"] == task_type and len(task["responses"]) == 3
+        ids = [r["id"] for r in task["responses"]]
+        status, judged, lean_served = post(studio, "/api/labeling/judgements/", me,
+                                           {"assignment": task["assignment"], **answer(ids)})
+        assert status == 201 and lean_served, judged
+        stored = Judgement.objects.get(pk=judged["id"])
+        assert judged == JudgementSerializer(stored).data
+        assert stored.ranking == (ids[::-1] if task_type == "ranking" else [])
+        assert stored.ratings == ({} if task_type == "ranking" else {str(r): {"helpful": 4, "honest": 5} for r in ids})
+        # an incomplete ranking is refused by the rules, with the DRF views' error
+        status, task, _ = post(studio, f"/api/labeling/projects/{project.pk}/next/", me)
+        status, body, lean_served = post(studio, "/api/labeling/judgements/", me,
+                                         {"assignment": task["assignment"], "ranking": ids[:1]}
+                                         if task_type == "ranking" else
+                                         {"assignment": task["assignment"], "ratings": {}})
+        assert (status, body["code"], lean_served) == (400, "invalid", True)
+        assert list(body["fields"]) == [task_type if task_type == "ranking" else "ratings"]
