@@ -260,3 +260,35 @@ def test_decoding_weights_follow_fused_optimizer_steps():
         opt.zero_grad(set_to_none=True)
     model.eval()
     assert generate(model, [PROMPTS[0]], max_new_tokens=12) == [reference_greedy(model, PROMPTS[0], 12)]
+
+
+@pytest.mark.slow
+def test_compiled_decoding_generates_what_eager_decoding_generates():
+    """compile=True (inductor, static cache bucket) gives the eager outputs, with padding, stop
+    tokens and sampling; the compiled step is reused by the next call of the same shape."""
+    model = make(10)
+    eager = generate(model, PROMPTS, max_new_tokens=15)
+    assert generate(model, PROMPTS, max_new_tokens=15, compile=True) == eager
+    steps = model.__dict__["_decode_weights"]._packed
+    compiled = steps[("compiled", 3, 64)]
+    stop = eager[0][3]
+    assert (generate(model, PROMPTS, max_new_tokens=12, stop_ids=[stop], compile=True)
+            == generate(model, PROMPTS, max_new_tokens=12, stop_ids=[stop]))
+    assert (generate(model, PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3, compile=True)
+            == generate(model, PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3))
+    assert steps[("compiled", 3, 64)] is compiled  # same shape bucket: no new compilation
+
+
+def test_compiled_decoding_without_a_compiler_is_a_clear_error(monkeypatch):
+    from training.core.serve import compiled
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    model = make(11)
+    monkeypatch.setattr(compiled.torch, "compile", lambda module, **kw: broken)
+    streamed: list[tuple[int, int]] = []
+    with pytest.raises(GenerationError, match="compile=False"):
+        generate(model, PROMPTS, max_new_tokens=5, compile=True, on_token=lambda r, t: streamed.append((r, t)))
+    assert streamed == []  # nothing was generated before the error
+    assert generate(model, PROMPTS, max_new_tokens=5) == [reference_greedy(model, p, 5) for p in PROMPTS]

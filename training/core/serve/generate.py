@@ -23,6 +23,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from training.core.model import KVCache, Transformer
+from training.core.serve.compiled import cache_bucket
 from training.core.serve.flat import (
     DecodeWeights, FlatCache, decode_step, flat_decoding_applies, prefill, step_rotations,
 )
@@ -98,6 +99,7 @@ def generate(
     on_token: TokenCallback | None = None,
     seed: int | None = None,
     pad_id: int = 0,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Continue each prompt (a list of token ids) and return the new tokens of each.
 
@@ -110,6 +112,12 @@ def generate(
 
     Prompts of different lengths are left-padded (``pad_id``; masked, so its value is irrelevant)
     and every row gets its own rotary positions, so a row generates what it would alone.
+
+    ``compile=True`` runs the decoding steps through ``torch.compile`` (see
+    :mod:`training.core.serve.compiled`): tens of seconds of compilation for the first call with a
+    given batch size and cache bucket, then faster steps; for long-lived processes. It needs a
+    working C++ compiler; without one it raises :class:`GenerationError` before generating anything.
+    Models that decode through their own forward (see above) ignore it.
     """
     if model.cfg.mode != "decoder":
         raise GenerationError("generation needs a decoder model", "this model was built with mode='encoder'")
@@ -149,9 +157,14 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     done_list = [False] * B
 
+    step_fn = None
     if flat_decoding_applies(model):
         weights = _decode_weights(model)
-        flat_cache = FlatCache(weights, B, total, device)
+        length = total
+        if compile and max_new_tokens > 1:
+            length = cache_bucket(total, model.cfg.max_seq_len)
+            step_fn = _warm_compiled_step(weights, B, length, device)
+        flat_cache = FlatCache(weights, B, length, device)
         logits = prefill(weights, [list(p) for p in prompts], flat_cache)  # (B, V)
         rotations = step_rotations(weights, lengths, max_new_tokens - 1, device)  # (steps, B, 1, D/2)
         linears = weights.linears(B)
@@ -183,12 +196,35 @@ def generate(
             break
         if seen is not None:
             seen.scatter_(1, nxt[:, None], ~done[:, None])
-        if weights is not None:
+        if step_fn is not None:
+            logits = step_fn(nxt, torch.tensor([slot], device=device), torch.view_as_real(rotations[step]),
+                             flat_cache.bias, flat_cache.k, flat_cache.v)
+        elif weights is not None:
             logits = decode_step(weights, nxt, flat_cache, slot, rotations[step], linears)  # (B, V)
         else:
             logits = model.output(model(nxt[:, None], kv_cache=cache, start_pos=slot, return_hidden=True)[:, 0])
         slot += 1
     return outputs
+
+
+def _warm_compiled_step(weights: DecodeWeights, batch: int, length: int, device: torch.device) -> Any:
+    """The compiled step for this shape, run once on a scratch cache so that compilation (or its
+    failure) happens before any token is generated."""
+    from training.core.serve.compiled import compiled_step
+
+    step = compiled_step(weights, batch, length)
+    if ("warm", batch, length) not in weights._packed:
+        scratch = FlatCache(weights, batch, length, device)
+        rot = torch.view_as_real(weights.rot[:1, None].expand(batch, 1, -1).contiguous())
+        try:
+            step(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device),
+                 rot, scratch.bias, scratch.k, scratch.v)
+        except Exception as e:  # noqa: BLE001 - compiler errors come in many types
+            weights._packed.pop(("compiled", batch, length), None)
+            raise GenerationError(f"compiled decoding is unavailable here: {type(e).__name__}: {str(e)[:300]}",
+                                  "use compile=False (the default eager path needs no compiler)") from e
+        weights._packed[("warm", batch, length)] = True
+    return step
 
 
 def _model_prefill_cache(model: Transformer, prompts: Sequence[Sequence[int]], pad_id: int, total: int,
