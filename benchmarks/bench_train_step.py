@@ -8,13 +8,22 @@ parameter count and vocabulary (dropout off: ours has none), 15% masked tokens.
 Both sides use the same optimizer (``torch.optim.AdamW(fused=True)``), the same threads, and are
 timed round-robin in the same process; the ratio is tokens/s ours / tokens/s reference.
 
+After the timing, one more step of each prints its minor page faults: glibc returns freed
+buffers above its mmap threshold (at most 32 MB) to the kernel, so a side that allocates large
+fresh buffers every step (transformers' (B, T, V) logits: 64 MB at batch 8 x 256, vocabulary
+8192) pays for the kernel zeroing new pages each time. ``--keep-freed-memory`` turns that off for
+both sides (``mallopt``: no mmap'd buffers, no trimming), which compares the computation alone.
+
     python benchmarks/bench_train_step.py                 # small preset, batch 8 x 256
     python benchmarks/bench_train_step.py --threads 1 --batch 4 --which decoder
+    python benchmarks/bench_train_step.py --threads 1 --which decoder --keep-freed-memory
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import resource
 
 import torch
 
@@ -111,6 +120,24 @@ def encoder_steps(cfg: ModelConfig, batch: int, seq: int) -> dict[str, object]:
             "transformers BertForMaskedLM": step_ref}
 
 
+def keep_freed_memory() -> None:
+    """glibc malloc: serve every size from the heap and never give freed memory back to the kernel."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)):
+        raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc")
+
+
+def page_faults(fns: dict[str, object]) -> None:
+    """Minor page faults of one more step of each candidate."""
+    faults = []
+    for name, fn in fns.items():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()  # type: ignore[operator]
+        faults.append(f"{name} {resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}")
+    print("  minor page faults in one step: " + ", ".join(faults))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
@@ -119,13 +146,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--which", choices=["decoder", "encoder", "both"], default="both")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc mallopt for both sides: no page faults for fresh buffers (compute alone)")
     args = ap.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = ModelConfig.preset(args.preset, max_seq_len=max(args.seq, 64))
     tokens = args.batch * args.seq
     print(f"train step, preset={args.preset} batch={args.batch} seq={args.seq} ({tokens} tokens/step); "
-          f"{machine_line()}")
+          f"{machine_line()}{'; freed memory kept (mallopt)' if args.keep_freed_memory else ''}")
     for which, build in (("decoder", decoder_steps), ("encoder", encoder_steps)):
         if args.which not in (which, "both"):
             continue
@@ -133,6 +164,7 @@ def main() -> None:
         times = interleaved(fns, repeats=args.repeats)  # type: ignore[arg-type]
         print(f"{which}:")
         report(times, tokens, "tokens", next(n for n in times if n.startswith("transformers")))
+        page_faults(fns)
 
 
 if __name__ == "__main__":

@@ -302,11 +302,16 @@ def test_rmsnorm_training_backward_equals_autograd_of_the_formula():
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["causal", "left-padded"])
-def test_training_gradients_match_transformers_llama(tmp_path, padded):
-    """The training path (fused q/k/v + rotary, SwiGLU and RMSNorm backwards, fused loss) gives
-    the gradients of transformers' LlamaForCausalLM on the same weights and batch."""
+def test_training_gradients_match_transformers_llama(tmp_path, monkeypatch, padded):
+    """The training path (fused q/k/v + rotary, blocked causal attention, SwiGLU and RMSNorm
+    backwards, fused loss) gives the gradients of transformers' LlamaForCausalLM on the same
+    weights and batch."""
     transformers = pytest.importorskip("transformers")
+    import training.core.model as model_module
     from training.core.interop.hf import export_hf
+
+    monkeypatch.setattr(model_module, "BLOCK_ATTENTION_MIN_WORK", 0)  # the blocked attention at this size too
+    monkeypatch.setattr(model_module, "ATTENTION_BLOCK", 8)  # several blocks, a partial last one
 
     model = make(tiny(tie_embeddings=False))
     export_hf(model, None, tmp_path / "hf")
@@ -380,6 +385,7 @@ def test_block_attention_training_step_equals_flash_path(monkeypatch, n_kv_heads
     g = torch.Generator().manual_seed(8)
     tokens, targets = torch.randint(0, 211, (2, 45), generator=g), torch.randint(0, 211, (2, 45), generator=g)
     monkeypatch.setattr(model_module, "ATTENTION_BLOCK", 8)
+    monkeypatch.setattr(model_module, "BLOCK_ATTENTION_MIN_WORK", 0)  # a tiny batch takes it too
     calls = []
     original = model_module._BlockCausalAttention.apply
     monkeypatch.setattr(model_module._BlockCausalAttention, "apply", lambda *a: calls.append(1) or original(*a))
