@@ -8,10 +8,14 @@ same tokens. The ratio is new tokens/s ours / new tokens/s transformers.
     python benchmarks/bench_generate.py                    # "small" preset (random weights)
     python benchmarks/bench_generate.py --model smollm2    # the real SmolLM2-135M-Instruct
     python benchmarks/bench_generate.py --compile          # + generate(compile=True), timed warm
+    python benchmarks/bench_generate.py --lookup 10        # + prompt-lookup decoding, batch 1, both sides
 
 The headline ratio is default against default (our eager ``generate`` against transformers'
 eager ``generate()``). ``--compile`` adds our compiled decoding as a separate row: its compilation
-time is printed, then it is timed warm (graphs kept per batch size and cache bucket).
+time is printed, then it is timed warm (graphs kept per batch size and cache bucket). ``--lookup K``
+adds a separate comparison at batch 1: our ``generate(prompt_lookup=K)`` against transformers'
+``generate(prompt_lookup_num_tokens=K)`` on the same prompt (both greedy-exact; how much either
+gains depends on how often the text repeats itself).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="also time generate(compile=True), warm")
+    ap.add_argument("--lookup", type=int, default=0, help="also compare prompt-lookup decoding with K draft tokens")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,6 +121,23 @@ def main() -> None:
             print(f"  speedup ours compiled (warm) vs transformers: x{base.best() / comp.best():.2f} (best wall), "
                   f"x{base.median() / comp.median():.2f} (median wall), x{base.best('cpu') / comp.best('cpu'):.2f} "
                   "(best cpu)")
+
+        if args.lookup and batch == 1:
+            def ours_lookup() -> list[list[int]]:
+                return generate(model, prompts, max_new_tokens=args.new, prompt_lookup=args.lookup)
+
+            def theirs_lookup() -> list[list[int]]:
+                with torch.inference_mode():
+                    out = ref.generate(ids, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new,
+                                       do_sample=False, eos_token_id=None, pad_token_id=0,
+                                       prompt_lookup_num_tokens=args.lookup)
+                return out[:, longest:].tolist()
+
+            la, lb = ours_lookup(), theirs_lookup()
+            print(f"batch 1, prompt lookup ({args.lookup} draft tokens): outputs identical to plain greedy: ours "
+                  f"{la == a}, transformers {lb == b}")
+            report(interleaved({"ours": ours_lookup, "transformers": theirs_lookup}, repeats=args.repeats, warmup=0),
+                   args.new, "new tokens", "transformers")
 
 
 if __name__ == "__main__":

@@ -292,3 +292,33 @@ def test_compiled_decoding_without_a_compiler_is_a_clear_error(monkeypatch):
         generate(model, PROMPTS, max_new_tokens=5, compile=True, on_token=lambda r, t: streamed.append((r, t)))
     assert streamed == []  # nothing was generated before the error
     assert generate(model, PROMPTS, max_new_tokens=5) == [reference_greedy(model, p, 5) for p in PROMPTS]
+
+
+def test_prompt_lookup_decoding_is_exactly_greedy_in_fewer_passes(monkeypatch):
+    """prompt_lookup=K drafts from earlier occurrences and verifies each draft in one pass: the
+    output is the greedy output (with stop tokens and streaming), and a text that repeats itself
+    takes fewer passes than tokens."""
+    import importlib
+
+    gen_module = importlib.import_module("training.core.serve.generate")
+    passes = []
+    real_prefill = gen_module.prefill
+    monkeypatch.setattr(gen_module, "prefill", lambda *a, **kw: passes.append(1) or real_prefill(*a, **kw))
+    fewer = 0
+    for seed in range(4):
+        model = make(seed, vocab_size=16)  # a small vocabulary: greedy text soon repeats itself
+        prompt = [3, 7, 1, 3, 7, 2, 3, 7]
+        greedy = generate(model, [prompt], max_new_tokens=40)
+        passes.clear()
+        streamed: list[int] = []
+        out = generate(model, [prompt], max_new_tokens=40, prompt_lookup=6, on_token=lambda r, t: streamed.append(t))
+        assert out == greedy and streamed == out[0]
+        fewer += len(passes) < 40
+        stop = greedy[0][10]
+        assert (generate(model, [prompt], max_new_tokens=40, prompt_lookup=6, stop_ids=[stop])
+                == generate(model, [prompt], max_new_tokens=40, stop_ids=[stop]))
+    assert fewer >= 2  # drafts were accepted
+    with pytest.raises(GenerationError, match="one prompt"):
+        generate(make(), PROMPTS, max_new_tokens=4, prompt_lookup=3)
+    with pytest.raises(GenerationError, match="greedy"):
+        generate(make(), [PROMPTS[0]], max_new_tokens=4, prompt_lookup=3, temperature=0.7)

@@ -203,10 +203,14 @@ def _rotate(qkv: Tensor, rot: Tensor, heads: int, D: int) -> Tensor:
     return torch.view_as_real(torch.view_as_complex(x).narrow(1, 0, heads) * rot).view(n, heads, D)
 
 
-def prefill(weights: DecodeWeights, prompts: list[list[int]], cache: FlatCache) -> Tensor:
+def prefill(weights: DecodeWeights, prompts: list[list[int]], cache: FlatCache, start: int = 0,
+            every_position: bool = False) -> Tensor:
     """Run the prompts (of any lengths, real tokens only) through the model, fill the cache (left
     padded to the longest prompt) and set its padding bias; returns the logits of each prompt's
-    last token ``(B, V)``."""
+    last token ``(B, V)``, or with ``every_position`` of every token ``(N, V)`` (rows in prompt order).
+
+    ``start > 0`` extends a cache that holds ``start`` tokens per row (prompts of one length, no
+    padding; positions ``start ..``): the verification pass of prompt-lookup decoding."""
     cfg = weights.cfg
     H, Hk, D, C, Fh = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.dim, cfg.hidden_dim
     device = cache.bias.device
@@ -214,9 +218,12 @@ def prefill(weights: DecodeWeights, prompts: list[list[int]], cache: FlatCache) 
     lengths = [len(p) for p in prompts]
     T = max(lengths)
     padded = min(lengths) != T
+    if padded and start:
+        raise ValueError("extending a cache needs new tokens of one length per row")
+    end = start + T
     tokens = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=device)  # (N,) real tokens
     N = tokens.shape[0]
-    positions = torch.cat([torch.arange(n, device=device) for n in lengths])  # (N,) rotary positions
+    positions = torch.cat([torch.arange(start, start + n, device=device) for n in lengths])  # (N,) rotary pos.
     rot = weights.rot.index_select(0, positions)[:, None]  # (N, 1, D/2)
     eps = torch.full((1,), cfg.norm_eps, device=device)
     lengths_t = torch.tensor(lengths, device=device)
@@ -228,6 +235,8 @@ def prefill(weights: DecodeWeights, prompts: list[list[int]], cache: FlatCache) 
         cache.bias[..., :T].masked_fill_(~valid[:, None, None, :], float("-inf"))
         causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
         mask = (valid[:, None, None, :] & causal) | torch.eye(T, dtype=torch.bool, device=device)  # (B, 1, T, T)
+    elif start:  # new token j sees the cache and the new tokens up to itself
+        mask = torch.arange(end, device=device)[None, :] <= torch.arange(start, end, device=device)[:, None]
     h = weights.embed.index_select(0, tokens)  # (N, C)
     for i, (wqkv, wo, w13, w2) in enumerate(weights.layers):
         qkv = torch.mm(_normed(h, eps, C), wqkv)  # (N, (H + 2Hk) D)
@@ -240,21 +249,21 @@ def prefill(weights: DecodeWeights, prompts: list[list[int]], cache: FlatCache) 
             qp = torch.zeros(B * T, H, D, dtype=wqkv.dtype, device=device).index_copy_(0, flat, q.to(wqkv.dtype))
             qp = qp.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         else:
-            cache.k[i][:, :, :T] = k.view(B, T, Hk, D).transpose(1, 2)
-            cache.v[i][:, :, :T] = v.view(B, T, Hk, D).transpose(1, 2)
+            cache.k[i][:, :, start:end] = k.view(B, T, Hk, D).transpose(1, 2)
+            cache.v[i][:, :, start:end] = v.view(B, T, Hk, D).transpose(1, 2)
             qp = q.to(wqkv.dtype).view(B, T, H, D).transpose(1, 2)
-        y = F.scaled_dot_product_attention(qp, cache.k[i][:, :, :T], cache.v[i][:, :, :T],
-                                           attn_mask=mask if padded else None, is_causal=not padded,
-                                           enable_gqa=H != Hk)  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(qp, cache.k[i][:, :, :end], cache.v[i][:, :, :end],
+                                           attn_mask=mask if padded or start else None,
+                                           is_causal=not (padded or start), enable_gqa=H != Hk)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B * T, H * D)
         if padded:
             y = y.index_select(0, flat)  # (N, H D)
         h = torch.addmm(h, y, wo)
         gu = torch.mm(_normed(h, eps, C), w13)  # (N, 2F)
         h = torch.addmm(h, F.silu(gu.narrow(1, 0, Fh)).mul_(gu.narrow(1, Fh, Fh)), w2)
-    last = torch.cumsum(lengths_t, 0) - 1  # (B,) each prompt's last token
-    hl = h.index_select(0, last)
-    return torch.mm(_normed(hl, eps, C), weights.output)  # (B, V)
+    if not every_position:
+        h = h.index_select(0, torch.cumsum(lengths_t, 0) - 1)  # (B, C): each prompt's last token
+    return torch.mm(_normed(h, eps, C), weights.output)  # (B or N, V)
 
 
 def step_rotations(weights: DecodeWeights, lengths: list[int], steps: int, device: torch.device) -> Tensor:

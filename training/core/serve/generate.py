@@ -100,6 +100,7 @@ def generate(
     seed: int | None = None,
     pad_id: int = 0,
     compile: bool = False,
+    prompt_lookup: int = 0,
 ) -> list[list[int]]:
     """Continue each prompt (a list of token ids) and return the new tokens of each.
 
@@ -118,6 +119,11 @@ def generate(
     given batch size and cache bucket, then faster steps; for long-lived processes. It needs a
     working C++ compiler; without one it raises :class:`GenerationError` before generating anything.
     Models that decode through their own forward (see above) ignore it.
+
+    ``prompt_lookup=K`` (greedy decoding of one prompt) drafts up to ``K`` tokens per step by
+    prompt lookup (the continuation of the latest earlier occurrence of the last 1-2 tokens in the
+    prompt and output so far) and verifies them with one forward pass over the draft: the output
+    is exactly the greedy output, in fewer passes when the text repeats itself.
     """
     if model.cfg.mode != "decoder":
         raise GenerationError("generation needs a decoder model", "this model was built with mode='encoder'")
@@ -140,8 +146,16 @@ def generate(
                               f"model's max_seq_len={model.cfg.max_seq_len}",
                               "shorten the prompt or ask for fewer new tokens")
     outputs: list[list[int]] = [[] for _ in range(B)]
+    if prompt_lookup < 0:
+        raise GenerationError(f"prompt_lookup must be >= 0, got {prompt_lookup}")
+    if prompt_lookup and (B != 1 or temperature > 0 or repetition_penalty != 1.0 or compile):
+        raise GenerationError("prompt_lookup drafts for greedy decoding of one prompt",
+                              "use temperature=0, repetition_penalty=1, compile=False and a single prompt")
     if max_new_tokens == 0:
         return outputs
+    if prompt_lookup and flat_decoding_applies(model):
+        return [_lookup_generate(_decode_weights(model), list(prompts[0]), max_new_tokens, prompt_lookup,
+                                 {int(s) for s in stop_ids}, on_token)]
 
     device = next(model.parameters()).device
     seen = None
@@ -205,6 +219,54 @@ def generate(
             logits = model.output(model(nxt[:, None], kv_cache=cache, start_pos=slot, return_hidden=True)[:, 0])
         slot += 1
     return outputs
+
+
+def _draft(seq: list[int], k: int, max_ngram: int = 2) -> list[int]:
+    """Prompt lookup: the (up to ``k``) tokens that followed the latest earlier occurrence of the
+    last ``n`` tokens of ``seq`` (``n = max_ngram .. 1``, the longest that occurs)."""
+    for n in range(min(max_ngram, len(seq) - 1), 0, -1):
+        tail = seq[-n:]
+        for i in range(len(seq) - n - 1, -1, -1):
+            if seq[i:i + n] == tail:
+                return seq[i + n:i + n + k]
+    return []
+
+
+def _lookup_generate(weights: DecodeWeights, prompt: list[int], max_new_tokens: int, k: int, stops: set[int],
+                     on_token: TokenCallback | None) -> list[int]:
+    """Greedy decoding of one prompt with prompt-lookup drafts verified by one pass each: the
+    pass over ``[last token] + draft`` gives the greedy token after each of them; the draft is
+    kept up to the first disagreement, and the model's own token there comes next. Cache slots
+    written for rejected draft tokens are overwritten by the next pass (attention never reads
+    past the slots written by the current pass)."""
+    device = weights.embed.device
+    cache = FlatCache(weights, 1, len(prompt) + max_new_tokens, device)
+    seq, out = list(prompt), []
+
+    def emit(tokens: list[int]) -> bool:  # True when generation is over
+        for token in tokens:
+            if token in stops:
+                return True
+            out.append(token)
+            seq.append(token)
+            if on_token is not None:
+                on_token(0, token)
+            if len(out) == max_new_tokens:
+                return True
+        return False
+
+    nxt = int(prefill(weights, [prompt], cache)[0].argmax())
+    while not emit([nxt]):
+        draft = _draft(seq, min(k, max_new_tokens - len(out)))
+        slot = len(seq) - 1  # the cache slot of nxt
+        greedy = prefill(weights, [[nxt] + draft], cache, start=slot, every_position=True).argmax(-1).tolist()
+        n = 0
+        while n < len(draft) and greedy[n] == draft[n]:
+            n += 1
+        if emit(draft[:n]):
+            break
+        nxt = greedy[n]
+    return out
 
 
 def _warm_compiled_step(weights: DecodeWeights, batch: int, length: int, device: torch.device) -> Any:
