@@ -222,11 +222,13 @@ def generate(
 
 
 def _draft(seq: list[int], k: int, max_ngram: int = 2) -> list[int]:
-    """Prompt lookup: the (up to ``k``) tokens that followed the latest earlier occurrence of the
-    last ``n`` tokens of ``seq`` (``n = max_ngram .. 1``, the longest that occurs)."""
+    """Prompt lookup: the (up to ``k``) tokens that followed the first earlier occurrence of the
+    last ``n`` tokens of ``seq`` (``n = max_ngram .. 1``, the longest that occurs), as in
+    transformers' prompt lookup. (The latest occurrence drafted 1 token at a time in a run of
+    repeats: 18 verification passes for 32 SmolLM2 tokens instead of 8.)"""
     for n in range(min(max_ngram, len(seq) - 1), 0, -1):
         tail = seq[-n:]
-        for i in range(len(seq) - n - 1, -1, -1):
+        for i in range(len(seq) - n):
             if seq[i:i + n] == tail:
                 return seq[i + n:i + n + k]
     return []
