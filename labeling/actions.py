@@ -441,6 +441,23 @@ def release_expired(project: Any, now: Any = None) -> int:
                        [ASSIGN_EXPIRED, at, project.pk, ASSIGN_ACTIVE, at])
 
 
+def _release_expired_and_current(project: Any, user: Any, now: Any) -> tuple[Any, ...] | None:
+    """:func:`release_expired`, then ``(id, item id, expires at)`` of ``user``'s unexpired lock in the
+    project, or None. PostgreSQL: one statement (the update in a CTE; the select, which does not see
+    its changes, leaves out the locks it expires by the same ``expires_at`` test)."""
+    at = sql.db_datetime(now)
+    assignments = sql.table(Assignment)
+    current = (f"SELECT id, item_id, expires_at FROM {assignments} WHERE project_id = %s AND annotator_id = %s "
+               "AND status = %s AND expires_at > %s ORDER BY id LIMIT 1")
+    current_params = [project.pk, user.pk, ASSIGN_ACTIVE, at]
+    if connection.vendor == "postgresql":
+        return sql.one(f"WITH released AS (UPDATE {assignments} SET status = %s, slot = NULL, finished_at = %s "
+                       f"WHERE project_id = %s AND status = %s AND expires_at <= %s) {current}",
+                       [ASSIGN_EXPIRED, at, project.pk, ASSIGN_ACTIVE, at, *current_params])
+    release_expired(project, now)
+    return sql.one(current, current_params)
+
+
 def gold_standing(project: Any, user: Any) -> tuple[float | None, int]:
     """(gold accuracy, gold judgements) of a user in a project."""
     n, ok = sql.one(f"SELECT COUNT(*), SUM(CASE WHEN gold_correct THEN 1 ELSE 0 END) FROM {sql.table(Judgement)} "
@@ -537,10 +554,7 @@ def next_item(project: Project | ProjectRules | int, user: Any, *, rng: random.R
     for _attempt in range(attempts):
         try:
             with write_transaction():
-                release_expired(project, now)
-                current = sql.one(f"SELECT id, item_id, expires_at FROM {assignments} WHERE project_id = %s "
-                                  "AND annotator_id = %s AND status = %s ORDER BY id LIMIT 1",
-                                  [project.pk, user.pk, ASSIGN_ACTIVE])
+                current = _release_expired_and_current(project, user, now)
                 if current is not None:
                     locked = (current[0], current[1], sql.py_datetime(current[2]))
                     break
@@ -574,8 +588,10 @@ def next_item(project: Project | ProjectRules | int, user: Any, *, rng: random.R
                                      "comes free if one of them skips or their lock expires. Ask again shortly.")
                     raise NoItem("no_items", "Nothing left for you to label in this project right now.")
                 item_id, held = candidate
-                # SQLite: the write lock serializes writers, so the counted slots are current
-                if held == 0 and not connection.features.has_select_for_update:
+                # SQLite: the write lock serializes writers, so the counted slots are current.
+                # PostgreSQL: a slot taken since this statement's snapshot breaks unique(item, slot)
+                # on insert (IntegrityError: look again), so none held means slot 0 is tried as is
+                if held == 0:
                     free = list(range(project.overlap))
                 else:
                     used = {r[0] for r in sql.rows(f"SELECT slot FROM {assignments} WHERE item_id = %s "
@@ -788,70 +804,82 @@ def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
     The same ``client_token`` sent again returns the stored judgement (``created=False``). Refused
     with a reason: someone else's item (403), an expired lock, a skipped or already judged item (409).
     """
+    with write_transaction():
+        return _submit(user, assignment_id, data, client_token)
+
+
+def _submit(user: Any, assignment_id: int, data: dict[str, Any],
+            client_token: str | None) -> tuple[dict[str, Any], bool, ProjectRules | int]:
+    """:func:`submit_judgement`'s work, in the caller's transaction."""
     if client_token is not None and (not isinstance(client_token, str) or not 1 <= len(client_token) <= 100):
         raise _invalid("client_token", "must be text of 1 to 100 characters (a UUID is a good choice)")
     judgements = sql.table(Judgement)
-    with write_transaction():
-        if client_token:
-            existing = sql.one(f"SELECT {', '.join(JUDGEMENT_COLUMNS)} FROM {judgements} WHERE client_token = %s",
-                               [client_token])
-            if existing is not None:
-                if existing[JUDGEMENT_COLUMNS.index("annotator_id")] != user.pk:
-                    raise StudioAPIError("token_in_use", "This client token belongs to another judgement.",
-                                         "Use a fresh random token per judgement.", status_code=409)
-                return judgement_data(existing), False, existing[JUDGEMENT_COLUMNS.index("project_id")]
-        # lock the assignment row only: locking the joined item and project rows as well would queue
-        # every submission of a project behind one another on PostgreSQL
-        row = sql.one(
-            "SELECT a.annotator_id, a.status, a.expires_at, a.project_id, a.item_id, i.is_gold, i.gold_answer, "
-            f"i.task_type, {', '.join('p.' + f for f in RULE_FIELDS)} "
-            f"FROM {sql.table(Assignment)} a JOIN {sql.table(Item)} i ON i.id = a.item_id "
-            f"JOIN {sql.table(Project)} p ON p.id = a.project_id WHERE a.id = %s"
-            + (" FOR UPDATE OF a" if connection.features.has_select_for_update_of else ""), [assignment_id])
-        if row is None:
-            raise StudioAPIError("not_found", f"No assignment {assignment_id}.", "Ask for your next item.",
-                                 status_code=404)
-        annotator_id, status, expires_at, project_id, item_id, is_gold, gold_answer, item_task = row[:8]
-        project = _rules_from_row(project_id, row[8:])
-        if annotator_id != user.pk:
-            raise StudioAPIError("not_your_item", "This item is assigned to another annotator.",
-                                 "Ask for your next item; you can only judge items locked for you.", status_code=403)
-        now = timezone.now()
-        expires_at = sql.py_datetime(expires_at)
-        if status == ASSIGN_SUBMITTED:
-            raise StudioAPIError("already_submitted", "You have already judged this item.",
-                                 "Edit your judgement instead (PATCH /api/labeling/judgements/<id>/) within the "
-                                 "edit window.", status_code=409)
-        if status == ASSIGN_SKIPPED:
-            raise StudioAPIError("skipped", "You skipped this item.", "Ask for your next item.", status_code=409)
-        if status == ASSIGN_EXPIRED or expires_at <= now:
-            raise StudioAPIError("lock_expired", f"Your lock on this item expired at {expires_at:%H:%M:%S} UTC "
-                                 "and the item may have gone to someone else.",
-                                 "Ask for your next item; answer within the project's lock time "
-                                 f"({project.lock_ttl_seconds} s).", status_code=409)
-        is_gold = bool(is_gold)
-        fields = _answer_fields(item_task or project.task_type, item_id, project, data)
-        values = {"project_id": project_id, "item_id": item_id, "assignment_id": assignment_id,
-                  "annotator_id": user.pk, "choice": "", "strength": None, "ranking": [], "ratings": {},
-                  "corrected_text": "", "label": None, "comment": "", "time_on_task_ms": None,
-                  "client_token": client_token or None, "is_gold": is_gold, "imported": False, "edit_count": 0,
-                  "created_at": now, "updated_at": now}
-        values.update(fields)
-        at = sql.db_datetime(now)
-        stored = {**values, "ranking": sql.db_json(Judgement, "ranking", values["ranking"]),
-                  "ratings": sql.db_json(Judgement, "ratings", values["ratings"]),
-                  "gold_correct": gold_correct(is_gold, sql.py_json(gold_answer), fields),
-                  "created_at": at, "updated_at": at}
+    if client_token:
+        existing = sql.one(f"SELECT {', '.join(JUDGEMENT_COLUMNS)} FROM {judgements} WHERE client_token = %s",
+                           [client_token])
+        if existing is not None:
+            if existing[JUDGEMENT_COLUMNS.index("annotator_id")] != user.pk:
+                raise StudioAPIError("token_in_use", "This client token belongs to another judgement.",
+                                     "Use a fresh random token per judgement.", status_code=409)
+            return judgement_data(existing), False, existing[JUDGEMENT_COLUMNS.index("project_id")]
+    # lock the assignment row only: locking the joined item and project rows as well would queue
+    # every submission of a project behind one another on PostgreSQL
+    row = sql.one(
+        "SELECT a.annotator_id, a.status, a.expires_at, a.project_id, a.item_id, i.is_gold, i.gold_answer, "
+        f"i.task_type, {', '.join('p.' + f for f in RULE_FIELDS)} "
+        f"FROM {sql.table(Assignment)} a JOIN {sql.table(Item)} i ON i.id = a.item_id "
+        f"JOIN {sql.table(Project)} p ON p.id = a.project_id WHERE a.id = %s"
+        + (" FOR UPDATE OF a" if connection.features.has_select_for_update_of else ""), [assignment_id])
+    if row is None:
+        raise StudioAPIError("not_found", f"No assignment {assignment_id}.", "Ask for your next item.",
+                             status_code=404)
+    annotator_id, status, expires_at, project_id, item_id, is_gold, gold_answer, item_task = row[:8]
+    project = _rules_from_row(project_id, row[8:])
+    if annotator_id != user.pk:
+        raise StudioAPIError("not_your_item", "This item is assigned to another annotator.",
+                             "Ask for your next item; you can only judge items locked for you.", status_code=403)
+    now = timezone.now()
+    expires_at = sql.py_datetime(expires_at)
+    if status == ASSIGN_SUBMITTED:
+        raise StudioAPIError("already_submitted", "You have already judged this item.",
+                             "Edit your judgement instead (PATCH /api/labeling/judgements/<id>/) within the "
+                             "edit window.", status_code=409)
+    if status == ASSIGN_SKIPPED:
+        raise StudioAPIError("skipped", "You skipped this item.", "Ask for your next item.", status_code=409)
+    if status == ASSIGN_EXPIRED or expires_at <= now:
+        raise StudioAPIError("lock_expired", f"Your lock on this item expired at {expires_at:%H:%M:%S} UTC "
+                             "and the item may have gone to someone else.",
+                             "Ask for your next item; answer within the project's lock time "
+                             f"({project.lock_ttl_seconds} s).", status_code=409)
+    is_gold = bool(is_gold)
+    fields = _answer_fields(item_task or project.task_type, item_id, project, data)
+    values = {"project_id": project_id, "item_id": item_id, "assignment_id": assignment_id,
+              "annotator_id": user.pk, "choice": "", "strength": None, "ranking": [], "ratings": {},
+              "corrected_text": "", "label": None, "comment": "", "time_on_task_ms": None,
+              "client_token": client_token or None, "is_gold": is_gold, "imported": False, "edit_count": 0,
+              "created_at": now, "updated_at": now}
+    values.update(fields)
+    at = sql.db_datetime(now)
+    stored = {**values, "ranking": sql.db_json(Judgement, "ranking", values["ranking"]),
+              "ratings": sql.db_json(Judgement, "ratings", values["ratings"]),
+              "gold_correct": gold_correct(is_gold, sql.py_json(gold_answer), fields),
+              "created_at": at, "updated_at": at}
+    writes = [(f"UPDATE {sql.table(Assignment)} SET status = %s, finished_at = %s WHERE id = %s",
+               [ASSIGN_SUBMITTED, at, assignment_id])]
+    if not is_gold:
+        writes.append((f"UPDATE {sql.table(Item)} SET submitted_count = submitted_count + 1, "
+                       "complete = CASE WHEN submitted_count >= %s THEN %s ELSE complete END WHERE id = %s",
+                       [project.overlap - 1, True, item_id]))
+    if connection.vendor == "postgresql":  # one statement: the updates in CTEs of the insert
+        before = "WITH " + ", ".join(f"w{n} AS ({q})" for n, (q, _) in enumerate(writes)) + " "
+        values["id"] = sql.insert(Judgement, stored, before=before, before_params=[p for _, ps in writes for p in ps])
+    else:
         values["id"] = sql.insert(Judgement, stored)
-        sql.execute(f"UPDATE {sql.table(Assignment)} SET status = %s, finished_at = %s WHERE id = %s",
-                    [ASSIGN_SUBMITTED, at, assignment_id])
-        if not is_gold:
-            sql.execute(f"UPDATE {sql.table(Item)} SET submitted_count = submitted_count + 1, "
-                        "complete = CASE WHEN submitted_count >= %s THEN %s ELSE complete END WHERE id = %s",
-                        [project.overlap - 1, True, item_id])
-        publish("labeling.judgement", {"project": project_id, "item": item_id, "judgement": values["id"],
-                                       "annotator": user.pk, "gold": is_gold},
-                group=f"labeling.project.{project_id}")
+        for query, params in writes:
+            sql.execute(query, params)
+    publish("labeling.judgement", {"project": project_id, "item": item_id, "judgement": values["id"],
+                                   "annotator": user.pk, "gold": is_gold},
+            group=f"labeling.project.{project_id}")
     return judgement_data(values), True, project
 
 
@@ -859,8 +887,8 @@ def submit_judgement_and_next(user: Any, assignment_id: int, data: dict[str, Any
                               *, want_next: bool = False) -> tuple[dict[str, Any], bool]:
     """:func:`submit_judgement`, and with ``want_next`` the next item (:func:`next_or_reason`) under
     ``next`` — in one transaction (on SQLite one turn of the write lock instead of two)."""
-    with write_transaction():
-        body, created, project = submit_judgement(user, assignment_id, data, client_token)
+    with write_transaction():  # no savepoint for the submission: if it fails, nothing is kept
+        body, created, project = _submit(user, assignment_id, data, client_token)
         if want_next:
             body["next"] = next_or_reason(project, user)
     return body, created

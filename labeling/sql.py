@@ -44,12 +44,15 @@ def execute(sql: str, params: Sequence[Any] = ()) -> int:
         return cursor.rowcount
 
 
-def insert(model: type[Model], values: dict[str, Any]) -> int:
+def insert(model: type[Model], values: dict[str, Any], *, before: str = "",
+           before_params: Sequence[Any] = ()) -> int:
     """INSERT one row (column -> already prepared value) and return its id (``RETURNING``:
-    PostgreSQL, SQLite ≥ 3.35)."""
+    PostgreSQL, SQLite ≥ 3.35). ``before``: a ``WITH …`` clause of the same statement (PostgreSQL
+    runs the data-changing statements in it as well), with its parameters."""
     cols = ", ".join(connection.ops.quote_name(c) for c in values)
     marks = ", ".join(["%s"] * len(values))
-    row = one(f"INSERT INTO {table(model)} ({cols}) VALUES ({marks}) RETURNING id", list(values.values()))
+    row = one(f"{before}INSERT INTO {table(model)} ({cols}) VALUES ({marks}) RETURNING id",
+              [*before_params, *values.values()])
     assert row is not None
     return row[0]
 

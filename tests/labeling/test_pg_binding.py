@@ -1,0 +1,69 @@
+"""PostgreSQL connections bind parameters on the server and prepare the statements they repeat
+(``STUDIO_DB_SERVER_BINDING``, ``STUDIO_DB_PREPARE_THRESHOLD``), with and without the connection pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.live import services_required
+
+pytestmark = [pytest.mark.services]
+
+REPO = Path(__file__).resolve().parents[2]
+
+# the hot path's own helper run more often than the threshold, then what the backend has prepared
+PROBE = """
+import json
+from django.db import connection
+from labeling import sql
+for n in range(4):
+    assert sql.one("SELECT %s + 1", [n]) == (n + 1,)
+with connection.cursor() as cursor:
+    cursor.execute("SELECT statement FROM pg_prepared_statements")
+    prepared = [r[0] for r in cursor.fetchall()]
+print(json.dumps({"options": {k: v for k, v in connection.settings_dict["OPTIONS"].items() if k != "pool"},
+                  "pool": "pool" in connection.settings_dict["OPTIONS"], "prepared": prepared}))
+"""
+
+
+@pytest.fixture(scope="module")
+def database():  # noqa: ANN201
+    name = f"bindtest_{os.getpid()}"
+    made = shutil.which("createdb") and subprocess.run(
+        ["createdb", "-h", "127.0.0.1", "-U", "root", name], capture_output=True).returncode == 0
+    if not made:
+        if services_required():
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is needed (user root)")
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    yield f"postgres://root@127.0.0.1:5432/{name}"
+    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", name], capture_output=True)
+
+
+def probe(database: str, tmp_path: Path, **env: str) -> dict:
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("STUDIO_DB_")},
+            "DATABASE_URL": database, "STUDIO_DATA_DIR": str(tmp_path), **env}
+    proc = subprocess.run([sys.executable, str(REPO / "manage.py"), "shell", "-c", PROBE], env=full, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("pool", ["0", "1"])
+def test_repeated_statements_are_prepared(database, tmp_path, pool):  # noqa: ANN001
+    found = probe(database, tmp_path, STUDIO_DB_POOL=pool, STUDIO_DB_PREPARE_THRESHOLD="2")
+    assert found["options"] == {"server_side_binding": True, "prepare_threshold": 2}
+    assert found["pool"] is (pool == "1")
+    assert any("$1 + 1" in s for s in found["prepared"]), found["prepared"]
+
+
+def test_client_side_binding_when_turned_off(database, tmp_path):  # noqa: ANN001
+    found = probe(database, tmp_path, STUDIO_DB_SERVER_BINDING="0")
+    assert "server_side_binding" not in found["options"]
+    assert not any("+ 1" in s for s in found["prepared"]), found["prepared"]
