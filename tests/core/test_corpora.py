@@ -14,6 +14,7 @@ EXPECTED = {  # name: (documents, minimum characters)
     "kjv": (1189, 4_000_000),
     "python-docs": (400, 8_000_000),
     "chatterbot": (1900, 150_000),
+    "factual-pairs": (371, 100_000),
 }
 
 
@@ -50,6 +51,9 @@ def test_corpus_contents_are_decoded(corpus_cache: Path) -> None:
     assert kjv["text"].startswith("1 In the beginning God created the heaven and the earth.")
     chat = next(corpora.iter_documents("chatterbot", corpus_cache))
     assert chat["messages"][0]["role"] == "user" and chat["text"].startswith("User: ")
+    pair = next(corpora.iter_documents("factual-pairs", corpus_cache))
+    assert pair["chosen"].startswith("those who receive centrelink payments made up half of radio rental's income")
+    assert pair["rejected"] != pair["chosen"] and pair["prompt"].endswith(pair["text"].split("\n")[1])
     docs = {d["id"]: d for d in corpora.iter_documents("python-docs", corpus_cache)}
     assert "def " in docs["python-docs/tutorial/controlflow"]["text"]
 

@@ -156,7 +156,7 @@ def test_ppo_with_a_rule_based_reward_raises_the_mean_reward_with_bounded_kl(
     train_file = _prompts(hhh_records, tmp_path / "prompts.jsonl", 64)
     # length:20 rewards every word a response starts (up to 20): with 8 new tokens the score is the share of
     # tokens that begin a word, a dense signal even a random tiny policy can learn from
-    cfg = _cfg(tiny_policy, train_file, tmp_path / "run", steps=16, micro_batch_size=16, max_new_tokens=8,
+    cfg = _cfg(tiny_policy, train_file, tmp_path / "run", steps=24, micro_batch_size=16, max_new_tokens=8,
                reward_fn="length:20", optim=OptimConfig(lr=2e-3, warmup_steps=0, weight_decay=0.0, min_lr_ratio=1.0))
     rec = RecordingCallbacks()
     summary = train(cfg, rec)

