@@ -497,11 +497,10 @@ def _eligible_sql(project: Project, user: Any, *, gold: bool) -> tuple[str, list
 ITEM_ORDER = "ORDER BY i.complete, i.id"
 
 
-def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -> tuple[int, int] | None:
+def _free_item(project: Project, user: Any, *, gold: bool) -> tuple[int, int] | None:
     """``(item id, slots held)`` of the first eligible item (:func:`_eligible_sql`, in id order)
     ``user`` may be handed now — for regular items, one with fewer held slots than the overlap —
-    or None. ``lock`` (PostgreSQL) locks the item row, skipping rows another transaction is
-    handing out right now.
+    or None (PostgreSQL locks the regular item it hands out with :func:`_take_free_item`).
     """
     eligible, params = _eligible_sql(project, user, gold=gold)
     held = f"(SELECT COUNT(*) FROM {Assignment._meta.db_table} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
@@ -510,9 +509,26 @@ def _free_item(project: Project, user: Any, *, gold: bool, lock: bool = False) -
         query += f"AND {held} < %s "
         params.append(project.overlap)
     query += f"{ITEM_ORDER} LIMIT 1"
-    if lock:
-        query += " FOR UPDATE OF i SKIP LOCKED"
     row = sql.one(query, params)
+    return None if row is None else (row[0], row[1])
+
+
+def _take_free_item(project: ProjectRules, user: Any, now: Any, expires: Any) -> tuple[int, int] | None:
+    """PostgreSQL: lock the first free regular item (as :func:`_free_item` finds it, its row locked,
+    rows another transaction is handing out skipped) for ``user`` on its lowest free slot, in one
+    statement: ``(assignment id, item id)``, or None when none is free. The slots are those of the
+    statement's snapshot: one taken since breaks ``unique(item, slot)`` (IntegrityError: look again)."""
+    eligible, params = _eligible_sql(project, user, gold=False)
+    assignments = sql.table(Assignment)
+    held = f"(SELECT COUNT(*) FROM {assignments} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
+    candidate = f"SELECT i.id {eligible}AND {held} < %s {ITEM_ORDER} LIMIT 1 FOR UPDATE OF i SKIP LOCKED"
+    slot = (f"(SELECT MIN(n) FROM generate_series(0, %s - 1) n WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {assignments} h WHERE h.item_id = c.id AND h.slot = n))")
+    row = sql.one(f"INSERT INTO {assignments} (project_id, item_id, annotator_id, slot, status, is_gold, created_at, "
+                  f"expires_at, finished_at) SELECT %s, c.id, %s, {slot}, %s, %s, %s, %s, NULL "
+                  f"FROM ({candidate}) c RETURNING id, item_id",
+                  [project.pk, user.pk, project.overlap, ASSIGN_ACTIVE, False, sql.db_datetime(now),
+                   sql.db_datetime(expires), *params, project.overlap])
     return None if row is None else (row[0], row[1])
 
 
@@ -576,9 +592,17 @@ def next_item(project: Project | ProjectRules | int, user: Any, *, rng: random.R
                         locked = (_lock(project, gold[0], user, None, now, expires), gold[0], expires)
                         break
                 # PostgreSQL: lock the item row so two transactions cannot both take its last slot,
-                # skipping rows another annotator's transaction is locking right now
+                # skipping rows another annotator's transaction is locking right now, and the
+                # assignment written by the same statement
                 skip_locked = connection.features.has_select_for_update_skip_locked
-                candidate = _free_item(project, user, gold=False, lock=skip_locked)
+                if skip_locked:
+                    taken = _take_free_item(project, user, now, expires)
+                    if taken is not None:
+                        locked = (taken[0], taken[1], expires)
+                        break
+                    candidate = None
+                else:
+                    candidate = _free_item(project, user, gold=False)
                 if candidate is None:
                     if _attempt < attempts - 1 and skip_locked \
                             and _free_item(project, user, gold=False) is not None:
@@ -588,9 +612,7 @@ def next_item(project: Project | ProjectRules | int, user: Any, *, rng: random.R
                                      "comes free if one of them skips or their lock expires. Ask again shortly.")
                     raise NoItem("no_items", "Nothing left for you to label in this project right now.")
                 item_id, held = candidate
-                # SQLite: the write lock serializes writers, so the counted slots are current.
-                # PostgreSQL: a slot taken since this statement's snapshot breaks unique(item, slot)
-                # on insert (IntegrityError: look again), so none held means slot 0 is tried as is
+                # SQLite: the write lock serializes writers, so the counted slots are current
                 if held == 0:
                     free = list(range(project.overlap))
                 else:
