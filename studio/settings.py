@@ -88,10 +88,11 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        if env_bool("STUDIO_DB_SERVER_BINDING", True):
-            # parameters sent apart from the statement, and a statement run
-            # STUDIO_DB_PREPARE_THRESHOLD times on a connection prepared there: PostgreSQL then skips
-            # parsing and planning it (Django's default binds on the client and never prepares)
+        if env_bool("STUDIO_DB_SERVER_BINDING", False):
+            # every statement's parameters sent apart from it, and a statement run
+            # STUDIO_DB_PREPARE_THRESHOLD times on a connection prepared there. Off by default: some ORM
+            # queries fail with server-side binding (the same JSON key bound twice in SELECT and GROUP
+            # BY); the labeling hot path prepares its own statements either way (labeling/sql.py)
             DATABASES["default"].setdefault("OPTIONS", {}).update({
                 "server_side_binding": True,
                 "prepare_threshold": env_int("STUDIO_DB_PREPARE_THRESHOLD", 5, minimum=0)})

@@ -1,5 +1,6 @@
-"""PostgreSQL connections bind parameters on the server and prepare the statements they repeat
-(``STUDIO_DB_SERVER_BINDING``, ``STUDIO_DB_PREPARE_THRESHOLD``), with and without the connection pool."""
+"""The labeling hot path's statements are prepared on PostgreSQL (labeling/sql.py binds them on the
+server) while the ORM keeps Django's client-side binding; ``STUDIO_DB_SERVER_BINDING=1`` binds and
+prepares every statement (``STUDIO_DB_PREPARE_THRESHOLD``), with and without the connection pool."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from django.db import connection
 from labeling import sql
 for n in range(4):
     assert sql.one("SELECT %s + 1", [n]) == (n + 1,)
+    with connection.cursor() as cursor:  # an ORM-style statement through Django's own cursor
+        cursor.execute("SELECT %s + 2", [n])
 with connection.cursor() as cursor:
     cursor.execute("SELECT statement FROM pg_prepared_statements")
     prepared = [r[0] for r in cursor.fetchall()]
@@ -56,14 +59,18 @@ def probe(database: str, tmp_path: Path, **env: str) -> dict:
 
 
 @pytest.mark.parametrize("pool", ["0", "1"])
-def test_repeated_statements_are_prepared(database, tmp_path, pool):  # noqa: ANN001
-    found = probe(database, tmp_path, STUDIO_DB_POOL=pool, STUDIO_DB_PREPARE_THRESHOLD="2")
+def test_every_statement_is_prepared_when_turned_on(database, tmp_path, pool):  # noqa: ANN001
+    found = probe(database, tmp_path, STUDIO_DB_SERVER_BINDING="1", STUDIO_DB_POOL=pool,
+                  STUDIO_DB_PREPARE_THRESHOLD="2")
     assert found["options"] == {"server_side_binding": True, "prepare_threshold": 2}
     assert found["pool"] is (pool == "1")
     assert any("$1 + 1" in s for s in found["prepared"]), found["prepared"]
+    assert any("$1 + 2" in s for s in found["prepared"]), found["prepared"]
 
 
-def test_client_side_binding_when_turned_off(database, tmp_path):  # noqa: ANN001
-    found = probe(database, tmp_path, STUDIO_DB_SERVER_BINDING="0")
+@pytest.mark.parametrize("pool", ["0", "1"])
+def test_by_default_only_the_hot_path_is_prepared(database, tmp_path, pool):  # noqa: ANN001
+    found = probe(database, tmp_path, STUDIO_DB_POOL=pool)
     assert "server_side_binding" not in found["options"]
-    assert not any("+ 1" in s for s in found["prepared"]), found["prepared"]
+    assert any("$1 + 1" in s for s in found["prepared"]), found["prepared"]
+    assert not any("+ 2" in s for s in found["prepared"]), found["prepared"]
