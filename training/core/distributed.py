@@ -20,6 +20,7 @@ several nodes add ``--nnodes=M --node_rank=i --rdzv_backend=c10d --rdzv_endpoint
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -108,8 +109,16 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
 
 
 def destroy_distributed(ctx: DistContext) -> None:
-    """Tear down the process group if :func:`init_distributed` created it."""
+    """Tear down the process group if :func:`init_distributed` created it.
+
+    On the normal path the ranks first meet at a barrier, so that none tears down its gloo
+    connections while another still finishes its last collective (a rank could otherwise abort at
+    exit with "terminate called without an active exception"). While an exception propagates (a
+    ``finally`` clause) there is no barrier: the other ranks may never arrive, and torchrun ends them.
+    """
     if ctx.owns_group and dist.is_initialized():
+        if sys.exc_info()[1] is None:
+            dist.barrier()
         dist.destroy_process_group()
         ctx.owns_group = False
 
