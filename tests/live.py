@@ -14,6 +14,8 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +32,25 @@ def free_port() -> int:
 def services_required() -> bool:
     """In CI (STUDIO_TEST_SERVICES=1) a missing service or browser fails the run instead of skipping."""
     return os.environ.get("STUDIO_TEST_SERVICES") == "1"
+
+
+@contextmanager
+def throwaway_postgres(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on 127.0.0.1:5432 (user root) for the block: its URL; dropped
+    afterwards. Without PostgreSQL the test skips, or fails in CI (:func:`services_required`)."""
+    import pytest
+
+    name = f"{prefix}_{os.getpid()}"
+    made = shutil.which("createdb") and subprocess.run(
+        ["createdb", "-h", "127.0.0.1", "-U", "root", name], capture_output=True).returncode == 0
+    if not made:
+        if services_required():
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is needed (user root)")
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    try:
+        yield f"postgres://root@127.0.0.1:5432/{name}"
+    finally:
+        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", name], capture_output=True)
 
 
 class StudioServer:

@@ -45,24 +45,12 @@ def test_parallel_annotators_exact_overlap(studio_server):  # noqa: ANN001
 @pytest.fixture(scope="module")
 def postgres_server(tmp_path_factory):  # noqa: ANN001, ANN201
     """A live studio on a throwaway PostgreSQL database (127.0.0.1:5432, user root)."""
-    import os
-    import shutil
-    import subprocess
+    from tests.live import StudioServer, throwaway_postgres
 
-    from tests.live import StudioServer, services_required
-
-    name = f"labtest_{os.getpid()}"
-    made = shutil.which("createdb") and subprocess.run(
-        ["createdb", "-h", "127.0.0.1", "-U", "root", name], capture_output=True).returncode == 0
-    if not made:
-        if services_required():
-            pytest.fail("PostgreSQL on 127.0.0.1:5432 is needed (user root)")
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    server = StudioServer(tmp_path_factory.mktemp("studio-pg"),
-                          env={"DATABASE_URL": f"postgres://root@127.0.0.1:5432/{name}", **WORKERS}).start()
-    yield server
-    server.stop()
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", name], capture_output=True)
+    with throwaway_postgres("labtest") as url:
+        server = StudioServer(tmp_path_factory.mktemp("studio-pg"), env={"DATABASE_URL": url, **WORKERS}).start()
+        yield server
+        server.stop()
 
 
 @pytest.mark.services

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.live import services_required
+from tests.live import throwaway_postgres
 
 pytestmark = [pytest.mark.services]
 
@@ -38,15 +37,8 @@ print(json.dumps({"options": {k: v for k, v in connection.settings_dict["OPTIONS
 
 @pytest.fixture(scope="module")
 def database():  # noqa: ANN201
-    name = f"bindtest_{os.getpid()}"
-    made = shutil.which("createdb") and subprocess.run(
-        ["createdb", "-h", "127.0.0.1", "-U", "root", name], capture_output=True).returncode == 0
-    if not made:
-        if services_required():
-            pytest.fail("PostgreSQL on 127.0.0.1:5432 is needed (user root)")
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    yield f"postgres://root@127.0.0.1:5432/{name}"
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", name], capture_output=True)
+    with throwaway_postgres("bindtest") as url:
+        yield url
 
 
 def probe(database: str, tmp_path: Path, **env: str) -> dict:
