@@ -817,22 +817,16 @@ def judgement_data(row: tuple[Any, ...] | dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def submit_judgement(user: Any, assignment_id: int, data: dict[str, Any],
-                     client_token: str | None = None) -> tuple[dict[str, Any], bool, ProjectRules | int]:
-    """Record a judgement for the user's locked item. Returns ``(judgement, created, project)``: the
-    judgement in the API's shape (:func:`judgement_data`), and the project's rules as read for it
-    (its id when the judgement was already stored), for :func:`next_item`.
+def _submit(user: Any, assignment_id: int, data: dict[str, Any],
+            client_token: str | None) -> tuple[dict[str, Any], bool, ProjectRules | int]:
+    """Record a judgement for the user's locked item, in the caller's transaction. Returns
+    ``(judgement, created, project)``: the judgement in the API's shape (:func:`judgement_data`), and
+    the project's rules as read for it (its id when the judgement was already stored), for
+    :func:`next_or_reason`.
 
     The same ``client_token`` sent again returns the stored judgement (``created=False``). Refused
     with a reason: someone else's item (403), an expired lock, a skipped or already judged item (409).
     """
-    with write_transaction():
-        return _submit(user, assignment_id, data, client_token)
-
-
-def _submit(user: Any, assignment_id: int, data: dict[str, Any],
-            client_token: str | None) -> tuple[dict[str, Any], bool, ProjectRules | int]:
-    """:func:`submit_judgement`'s work, in the caller's transaction."""
     if client_token is not None and (not isinstance(client_token, str) or not 1 <= len(client_token) <= 100):
         raise _invalid("client_token", "must be text of 1 to 100 characters (a UUID is a good choice)")
     judgements = sql.table(Judgement)
@@ -905,10 +899,15 @@ def _submit(user: Any, assignment_id: int, data: dict[str, Any],
     return judgement_data(values), True, project
 
 
-def submit_judgement_and_next(user: Any, assignment_id: int, data: dict[str, Any], client_token: str | None = None,
-                              *, want_next: bool = False) -> tuple[dict[str, Any], bool]:
-    """:func:`submit_judgement`, and with ``want_next`` the next item (:func:`next_or_reason`) under
-    ``next`` — in one transaction (on SQLite one turn of the write lock instead of two)."""
+def submit_judgement(user: Any, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Record a submission as ``JudgementInputSerializer`` validates it (``assignment``, the answer
+    fields, optional ``client_token`` and ``next``): ``(body, created)``. With ``next`` the body holds
+    the next item (:func:`next_or_reason`) under ``next``, in the same transaction (on SQLite one
+    turn of the write lock instead of two). The DRF view and :mod:`labeling.lean` both call it."""
+    data = dict(data)
+    assignment_id = data.pop("assignment")
+    client_token = data.pop("client_token", None)
+    want_next = data.pop("next", False)
     with write_transaction():  # no savepoint for the submission: if it fails, nothing is kept
         body, created, project = _submit(user, assignment_id, data, client_token)
         if want_next:

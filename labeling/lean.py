@@ -5,7 +5,7 @@ with ``"next": true`` (record the judgement, lock the next item), and ``POST
 /api/labeling/projects/<id>/next/``. Through Django's ASGI handler, its middleware and DRF, the
 request machinery cost several times the work itself. :func:`serve` answers these two requests
 directly from the ASGI application (``studio/asgi.py``), on the same request threads and database
-connections, calling the same code as the DRF views (:func:`submission`,
+connections, calling the same code as the DRF views (:func:`labeling.actions.submit_judgement`,
 :func:`labeling.actions.next_or_reason`): one implementation of the rules, refusals included.
 
 It serves only what it fully understands: a signed-in session (the database session engine and
@@ -57,16 +57,6 @@ def match(method: str, path: str) -> tuple[str, int | None] | None:
         return SUBMIT, None
     m = _NEXT_PATH.match(path)
     return (NEXT, int(m.group(1))) if m else None
-
-
-def submission(user: Any, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Record a validated submission (the fields of ``JudgementInputSerializer``) and, with
-    ``next``, lock the next item: ``(body, created)``. The DRF view and :func:`serve` both call it."""
-    data = dict(data)
-    assignment = data.pop("assignment")
-    token = data.pop("client_token", None)
-    want_next = data.pop("next", False)
-    return actions.submit_judgement_and_next(user, assignment, data, token, want_next=want_next)
 
 
 # ---- what the regular stack would check first ---------------------------------------------------
@@ -209,7 +199,7 @@ def _serve(request: HttpRequest, route: tuple[str, int | None]) -> HttpResponse 
                 return None
             if data is None:
                 return None
-            body, created = submission(user, data)
+            body, created = actions.submit_judgement(user, data)
             return _json_response(request, kind, body, 201 if created else 200)
         rules = actions.project_rules(project_id)
         if rules is None or (rules.archived and not has_access(user, BUILDER)):

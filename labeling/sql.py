@@ -27,16 +27,16 @@ def table(model: type[Model]) -> str:
 
 
 @contextlib.contextmanager
-def _cursor() -> Iterator[Any]:
-    """A cursor on the thread's connection. On PostgreSQL (when Django binds parameters on the client,
-    its default) a psycopg cursor that binds them on the server, so that :func:`_run` can prepare the
-    hot path's few statements once per connection: PostgreSQL then skips parsing and planning them.
-    Only these statements are bound this way; the ORM keeps Django's client-side binding, which some
-    ORM queries need (e.g. the same JSON key in SELECT and GROUP BY). Database errors are Django's
-    (``IntegrityError`` …) either way."""
+def _cursor() -> Iterator[tuple[Any, dict[str, Any]]]:
+    """A cursor on the thread's connection, and the keyword arguments for its ``execute``. On
+    PostgreSQL (when Django binds parameters on the client, its default) a psycopg cursor that binds
+    them on the server with ``prepare=True``: the hot path's few statements are prepared once per
+    connection and PostgreSQL skips parsing and planning them. Only these statements are bound this
+    way; the ORM keeps Django's client-side binding, which some ORM queries need (e.g. the same JSON
+    key in SELECT and GROUP BY). Database errors are Django's (``IntegrityError`` …) either way."""
     if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get("server_side_binding"):
         with connection.cursor() as cursor:
-            yield cursor
+            yield cursor, {}
         return
     import psycopg
 
@@ -45,41 +45,25 @@ def _cursor() -> Iterator[Any]:
     if raw.prepare_threshold is None:  # Django turns preparing off; only explicit prepare=True prepares now
         raw.prepare_threshold = 1 << 30
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
-        yield cursor
-
-
-def _run(cursor: Any, sql: str, params: Sequence[Any]) -> None:
-    if isinstance(cursor, _server_cursor_type()):
-        cursor.execute(sql, params, prepare=True)
-    else:
-        cursor.execute(sql, params)
-
-
-@functools.cache
-def _server_cursor_type() -> type:
-    try:
-        import psycopg
-    except ImportError:  # SQLite-only installs
-        return type(None)
-    return psycopg.Cursor
+        yield cursor, {"prepare": True}
 
 
 def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with _cursor() as cursor:
-        _run(cursor, sql, params)
+    with _cursor() as (cursor, options):
+        cursor.execute(sql, params, **options)
         return cursor.fetchall()
 
 
 def one(sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-    with _cursor() as cursor:
-        _run(cursor, sql, params)
+    with _cursor() as (cursor, options):
+        cursor.execute(sql, params, **options)
         return cursor.fetchone()
 
 
 def execute(sql: str, params: Sequence[Any] = ()) -> int:
     """Run a statement; the number of rows it changed."""
-    with _cursor() as cursor:
-        _run(cursor, sql, params)
+    with _cursor() as (cursor, options):
+        cursor.execute(sql, params, **options)
         return cursor.rowcount
 
 

@@ -14,7 +14,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response as APIResponse
 from rest_framework.views import APIView
 
-from labeling import actions, export, lean, stats
+from labeling import actions, export, stats
 from labeling.models import (
     BIAS_KINDS,
     REPORT_CATEGORIES,
@@ -245,7 +245,7 @@ class JudgementListView(generics.ListCreateAPIView):
     def post(self, request, *args, **kwargs):  # noqa: ANN001, ANN201
         form = JudgementInputSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        body, created = lean.submission(request.user, dict(form.validated_data))
+        body, created = actions.submit_judgement(request.user, form.validated_data)
         return APIResponse(body, status=201 if created else 200)
 
 
