@@ -269,7 +269,7 @@ def test_compiled_decoding_generates_what_eager_decoding_generates():
     model = make(10)
     eager = generate(model, PROMPTS, max_new_tokens=15)
     assert generate(model, PROMPTS, max_new_tokens=15, compile=True) == eager
-    steps = model.__dict__["_decode_weights"]._packed
+    steps = model.__dict__["_decode_weights"].derived
     compiled = steps[("compiled", 3, 64)]
     stop = eager[0][3]
     assert (generate(model, PROMPTS, max_new_tokens=12, stop_ids=[stop], compile=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.core.serve.flat import DecodeWeights
+from training.core.serve.flat import DecodeWeights, FlatCache
 
 __all__ = ["compiled_step", "cache_bucket", "COMPILE_OPTIONS"]
 
@@ -84,17 +84,23 @@ class _Step(nn.Module):
         return F.linear(normed(h), self.output)  # (B, V)
 
 
-def compiled_step(weights: DecodeWeights, batch: int, length: int) -> Any:
-    """The compiled step for ``batch`` rows and a cache of ``length`` slots, compiled on first use
-    and kept on ``weights`` (rebuilt with them when the model's parameters change)."""
+def compiled_step(weights: DecodeWeights, batch: int, length: int, device: torch.device) -> Any:
+    """The compiled step for ``batch`` rows and a cache of ``length`` slots, kept on ``weights``
+    (rebuilt with them when the model's parameters change). The first call for a shape compiles it
+    and runs it once on a scratch cache, so that compilation, or its failure (raised as is, nothing
+    kept), happens before any token is generated."""
     key = ("compiled", batch, length)
-    step = weights._packed.get(key)
+    step = weights.derived.get(key)
     if step is None:
-        module = weights._packed.get("step module")
+        module = weights.derived.get("step module")
         if module is None:  # one module (one copy of the matrices) for all shapes
-            module = weights._packed["step module"] = _Step(weights).eval()
+            module = weights.derived["step module"] = _Step(weights).eval()
         step = _Compiled(torch.compile(module, fullgraph=True, dynamic=False))
-        weights._packed[key] = step
+        scratch = FlatCache(weights, batch, length, device)
+        rot = torch.view_as_real(weights.rot[:1, None].expand(batch, 1, -1).contiguous())
+        step(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device),
+             rot, scratch.bias, scratch.k, scratch.v)
+        weights.derived[key] = step
     return step
 
 

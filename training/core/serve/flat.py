@@ -125,7 +125,7 @@ class DecodeWeights:
             self.embed = model.tok_embeddings.weight.detach()  # (V, C), not copied
             self.rot = torch.complex(model.rope_cos.float(), model.rope_sin.float())  # (S, D/2): e^(i angle)
         self.dtype = self.output.dtype
-        self._packed: dict[str, Any] = {}
+        self.derived: dict[Any, Any] = {}  # built from these weights on first use: packed copy, compiled steps
 
     def nbytes(self) -> int:
         """Bytes held by this copy (the unpacked matrices; a packed copy adds about as much)."""
@@ -138,7 +138,7 @@ class DecodeWeights:
         if (batch < PACKED_MIN_BATCH or self.dtype != torch.float32 or self.output.device.type != "cpu"
                 or not _packing_available()):
             return _mm, self.layers, self.output
-        packed = self._packed.get("onednn")
+        packed = self.derived.get("onednn")
         if packed is None:
             try:
                 with torch.no_grad():
@@ -147,7 +147,7 @@ class DecodeWeights:
                               pack(self.output.t().contiguous(), 8))
             except RuntimeError:  # this build cannot pack: stay on torch.mm
                 packed = False
-            self._packed["onednn"] = packed
+            self.derived["onednn"] = packed
         if packed is False:
             return _mm, self.layers, self.output
         return _onednn, packed[0], packed[1]

@@ -177,7 +177,7 @@ def generate(
         length = total
         if compile and max_new_tokens > 1:
             length = cache_bucket(total, model.cfg.max_seq_len)
-            step_fn = _warm_compiled_step(weights, B, length, device)
+            step_fn = _compiled_step(weights, B, length, device)
         flat_cache = FlatCache(weights, B, length, device)
         logits = prefill(weights, [list(p) for p in prompts], flat_cache)  # (B, V)
         rotations = step_rotations(weights, lengths, max_new_tokens - 1, device)  # (steps, B, 1, D/2)
@@ -271,24 +271,16 @@ def _lookup_generate(weights: DecodeWeights, prompt: list[int], max_new_tokens: 
     return out
 
 
-def _warm_compiled_step(weights: DecodeWeights, batch: int, length: int, device: torch.device) -> Any:
-    """The compiled step for this shape, run once on a scratch cache so that compilation (or its
-    failure) happens before any token is generated."""
+def _compiled_step(weights: DecodeWeights, batch: int, length: int, device: torch.device) -> Any:
+    """The compiled step for this shape (compiled and run once on first use); a compiler failure
+    is a :class:`GenerationError` that says how to do without."""
     from training.core.serve.compiled import compiled_step
 
-    step = compiled_step(weights, batch, length)
-    if ("warm", batch, length) not in weights._packed:
-        scratch = FlatCache(weights, batch, length, device)
-        rot = torch.view_as_real(weights.rot[:1, None].expand(batch, 1, -1).contiguous())
-        try:
-            step(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device),
-                 rot, scratch.bias, scratch.k, scratch.v)
-        except Exception as e:  # noqa: BLE001 - compiler errors come in many types
-            weights._packed.pop(("compiled", batch, length), None)
-            raise GenerationError(f"compiled decoding is unavailable here: {type(e).__name__}: {str(e)[:300]}",
-                                  "use compile=False (the default eager path needs no compiler)") from e
-        weights._packed[("warm", batch, length)] = True
-    return step
+    try:
+        return compiled_step(weights, batch, length, device)
+    except Exception as e:  # noqa: BLE001 - compiler errors come in many types
+        raise GenerationError(f"compiled decoding is unavailable here: {type(e).__name__}: {str(e)[:300]}",
+                              "use compile=False (the default eager path needs no compiler)") from e
 
 
 def _model_prefill_cache(model: Transformer, prompts: Sequence[Sequence[int]], pad_id: int, total: int,
