@@ -14,6 +14,7 @@ urlpatterns = [
     path("projects/<int:pk>/quality/", views.ProjectQualityView.as_view(), name="labeling-quality"),
     path("assignments/<int:pk>/skip/", views.SkipView.as_view(), name="labeling-skip"),
     path("assignments/<int:pk>/extend/", views.ExtendLockView.as_view(), name="labeling-extend"),
+    path("assignments/<int:pk>/suggestions/", views.SuggestionsView.as_view(), name="labeling-suggestions"),
     path("judgements/", views.JudgementListView.as_view(), name="labeling-judgements"),
     path("judgements/<int:pk>/", views.JudgementDetailView.as_view(), name="labeling-judgement"),
     path("reports/", views.ReportListView.as_view(), name="labeling-reports"),

@@ -48,6 +48,12 @@ REPORT_STATUSES = [(REPORT_OPEN, "Open"), (REPORT_TRIAGED, "Triaged"), (REPORT_R
                    (REPORT_DISMISSED, "Dismissed")]
 REPORT_SOURCES = [("playground", "Chat playground"), ("api", "API"), ("annotator", "Annotator")]
 
+# what annotators see of the tools' models' pre-annotations (Prompt.metadata["pre_annotations"])
+PRE_HIDDEN, PRE_SHOWN, PRE_PREFILLED = "hidden", "shown", "prefilled"
+PRE_ANNOTATION_MODES = [(PRE_HIDDEN, "Hidden: annotators never see the models' suggestions"),
+                        (PRE_SHOWN, "Shown beside the task"),
+                        (PRE_PREFILLED, "Shown, and the answer form starts from the suggestion")]
+
 ASSIGN_ACTIVE, ASSIGN_SUBMITTED, ASSIGN_SKIPPED, ASSIGN_EXPIRED = "active", "submitted", "skipped", "expired"
 ASSIGN_STATUSES = [(ASSIGN_ACTIVE, "Active"), (ASSIGN_SUBMITTED, "Submitted"), (ASSIGN_SKIPPED, "Skipped"),
                    (ASSIGN_EXPIRED, "Expired")]
@@ -72,6 +78,10 @@ class Project(models.Model):
     gold_warn_accuracy = models.FloatField(default=0.8)
     gold_block_accuracy = models.FloatField(default=0.6)
     gold_min_judged = models.PositiveSmallIntegerField(default=5, help_text="gold answers before blocking")
+    pre_annotations = models.CharField(
+        max_length=10, choices=PRE_ANNOTATION_MODES, default=PRE_HIDDEN,
+        help_text="imported model suggestions on the annotator page: hidden, shown, or shown and pre-filled "
+                  "(anchoring: annotators tend to agree with what they are shown)")
     archived = models.BooleanField(default=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -85,6 +95,8 @@ class Project(models.Model):
             models.CheckConstraint(condition=Q(likert_max__gte=2), name="labeling_project_likert_ge_2"),
             models.CheckConstraint(condition=Q(task_type__in=[t for t, _ in TASK_TYPES]),
                                    name="labeling_project_task_type"),
+            models.CheckConstraint(condition=Q(pre_annotations__in=[m for m, _ in PRE_ANNOTATION_MODES]),
+                                   name="labeling_project_pre_annotations"),
         ]
 
     def __str__(self) -> str:

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from labeling.models import (
     BIAS_KINDS,
     CHOICES,
+    PRE_ANNOTATION_MODES,
     REPORT_CATEGORIES,
     REPORT_SOURCES,
     SEVERITIES,
@@ -28,7 +29,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "description", "guidelines", "guidelines_version", "task_type", "criteria",
                   "likert_max", "allow_strength", "overlap", "gold_rate", "annotator_cap", "lock_ttl_seconds",
                   "edit_window_seconds", "gold_warn_accuracy", "gold_block_accuracy", "gold_min_judged",
-                  "archived", "created_at"]
+                  "pre_annotations", "archived", "created_at"]
         read_only_fields = ["id", "guidelines_version", "created_at"]
 
     def validate_criteria(self, value: Any) -> list[str]:
@@ -50,6 +51,31 @@ class ProjectSerializer(serializers.ModelSerializer):
         if value < 10:
             raise serializers.ValidationError("at least 10 seconds")
         return value
+
+
+class SuggestionSerializer(serializers.Serializer):
+    """One imported pre-annotation as the locked task shows it (response ids of this task only)."""
+
+    tool = serializers.CharField(help_text="argilla or label_studio")
+    source = serializers.CharField(help_text="the tool, as people call it")
+    model = serializers.CharField(allow_null=True, help_text="null when the model also wrote one of the answers")
+    score = serializers.JSONField(help_text="the model's score as imported: a number, a list or null")
+    summary = serializers.CharField(help_text="e.g. 'Label Studio · rm-v3 · score 0.81: prefers Answer B'")
+    says = serializers.ListField(child=serializers.CharField(), help_text="the summary's phrases")
+    comment = serializers.CharField(allow_blank=True)
+    values = serializers.DictField(child=serializers.CharField(), help_text="answers of other kinds, as JSON text")
+    choice = serializers.CharField(required=False, help_text="pairwise: a, b, tie or both_bad")
+    ranking = serializers.ListField(child=serializers.IntegerField(), required=False)
+    preferred = serializers.IntegerField(required=False)
+    ratings = serializers.DictField(required=False)
+
+
+class SuggestionsSerializer(serializers.Serializer):
+    assignment = serializers.IntegerField()
+    item = serializers.IntegerField()
+    mode = serializers.ChoiceField(choices=PRE_ANNOTATION_MODES)
+    suggestions = SuggestionSerializer(many=True)
+    prefill = serializers.DictField(allow_null=True, help_text="prefilled only: {suggestion, choice | ranking | ratings}")
 
 
 class ImportRequestSerializer(serializers.Serializer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from drf_spectacular.types import OpenApiTypes
@@ -14,9 +15,10 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response as APIResponse
 from rest_framework.views import APIView
 
-from labeling import actions, export, stats
+from labeling import actions, export, stats, suggestions
 from labeling.models import (
     BIAS_KINDS,
+    PRE_ANNOTATION_MODES,
     REPORT_CATEGORIES,
     REPORT_STATUSES,
     SEVERITIES,
@@ -39,6 +41,7 @@ from labeling.serializers import (
     ReportSerializer,
     SnapshotCreateSerializer,
     SnapshotSerializer,
+    SuggestionsSerializer,
 )
 from studio.errors import StudioAPIError
 from studio.roles import ANNOTATOR, BUILDER, MODERATOR, SIGNED_IN, has_access, role_required
@@ -86,7 +89,10 @@ class ProjectListView(generics.ListCreateAPIView):
         _require(request, BUILDER, "Creating a project")
         form = ProjectSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        project = actions.create_project(request.user, **form.validated_data)
+        with transaction.atomic():
+            project = actions.create_project(request.user, **form.validated_data)
+            if "pre_annotations" in form.validated_data:
+                project = suggestions.set_mode(project, request.user, form.validated_data["pre_annotations"])
         return APIResponse(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
 
@@ -105,7 +111,10 @@ class ProjectDetailView(generics.RetrieveUpdateAPIView):
         project = self.get_object()
         form = ProjectSerializer(project, data=request.data, partial=True)
         form.is_valid(raise_exception=True)
-        project = actions.update_project(project, request.user, **form.validated_data)
+        with transaction.atomic():
+            project = actions.update_project(project, request.user, **form.validated_data)
+            if "pre_annotations" in form.validated_data:
+                project = suggestions.set_mode(project, request.user, form.validated_data["pre_annotations"])
         return APIResponse(ProjectSerializer(project).data)
 
 
@@ -223,6 +232,19 @@ class ExtendLockView(APIView):
         a = actions.extend_lock(get_object_or_404(Assignment, pk=pk), request.user)
         return APIResponse({"assignment": a.pk, "expires_at": a.expires_at.isoformat(),
                             "lock_ttl_seconds": a.project.lock_ttl_seconds})
+
+
+class SuggestionsView(APIView):
+    """The imported models' pre-annotations (Argilla suggestions, Label Studio predictions) of the
+    item locked for you, in this task's terms (its answer labels and response ids). Empty when the
+    project keeps them hidden; ``prefill`` (the answer to start the form from) only when it
+    pre-fills. Refused for someone else's item (403), a finished assignment or an expired lock (409)."""
+
+    required_role = ANNOTATOR
+
+    @extend_schema(request=None, responses={200: SuggestionsSerializer})
+    def get(self, request, pk: int):  # noqa: ANN001, ANN201
+        return APIResponse(suggestions.for_assignment(get_object_or_404(Assignment, pk=pk), request.user))
 
 
 class JudgementListView(generics.ListCreateAPIView):
@@ -427,6 +449,7 @@ def labeling_home(request: HttpRequest) -> HttpResponse:
             for p in projects]
     return render(request, "labeling/home.html", {"rows": rows, "is_builder": is_builder,
                                                   "task_types": Project._meta.get_field("task_type").choices,
+                                                  "pre_annotation_modes": PRE_ANNOTATION_MODES,
                                                   "stage": _stage("labeling")})
 
 
@@ -456,7 +479,8 @@ def manage(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "labeling/manage.html", {
         "project": project, "guidelines_html": render_guidelines(project.guidelines),
         "snapshots": project.snapshots.order_by("-version"), "last_snapshot": last,
-        "formats": sorted(export.FORMATS), "last_event_id": last_event or 0, "stage": _stage("labeling")})
+        "formats": sorted(export.FORMATS), "last_event_id": last_event or 0,
+        "pre_annotation_modes": PRE_ANNOTATION_MODES, "stage": _stage("labeling")})
 
 
 @role_required(MODERATOR)
