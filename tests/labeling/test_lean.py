@@ -1,7 +1,8 @@
 """The annotator's hot requests served in front of Django (``labeling/lean.py``, wired in
-``studio/asgi.py``): the same answers as the DRF views, and everything it does not fully
-understand — no session, a wrong role, a bad CSRF token, an API token, a malformed field —
-handed to those views, which refuse it with the API's usual errors.
+``studio/asgi.py``): the same answers as the DRF views, for signed-in sessions and API tokens, and
+everything it does not fully understand — no session, a wrong role, a bad CSRF token, an unknown,
+revoked or malformed token, a malformed field — handed to those views, which refuse it with the
+API's usual errors. On PostgreSQL the request's first statement is the connection's health check.
 
 The requests go through the real ASGI application (on its own request threads and database
 connections, hence committed transactions), as Uvicorn would send them.
@@ -31,13 +32,14 @@ CSRF = "abcdefghijklmnopqrstuvwxyz012345"  # a CSRF secret: the cookie and the h
 class Studio:
     """The studio's ASGI HTTP app; records which requests the lean path answered itself."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, threads: int = 2) -> None:
         from studio.asgi import HotPaths
         from studio.asgi_threads import PooledThreadsASGIHandler
 
-        self.django = PooledThreadsASGIHandler(2)
+        self.django = PooledThreadsASGIHandler(threads)
         self.app = HotPaths(self.django)
         self.served: list[bool] = []
+        self.headers: dict[str, str] = {}  # the last response's
         serve = lean.serve
 
         def spy(request, route):  # noqa: ANN001, ANN202
@@ -76,6 +78,7 @@ class Studio:
             async def send(message: dict) -> None:
                 if message["type"] == "http.response.start":
                     out["status"] = message["status"]
+                    self.headers = {k.decode().lower(): v.decode() for k, v in message["headers"]}
                 else:
                     out["body"] += message.get("body", b"")
 
@@ -208,17 +211,181 @@ def test_what_lean_does_not_understand_goes_to_the_views(studio, annotator, plai
     assert (status, body["code"], lean_served) == (401, "not_authenticated", False)
 
 
-def test_api_tokens_use_the_views(studio, annotator, make_project):  # noqa: ANN001
-    from studio.models import ApiToken, hash_token
+def token_for(user, name: str = "bot") -> dict[str, str]:  # noqa: ANN001
+    """An API token made as the studio makes one (the Account page's API): its Authorization header."""
+    from studio.actions import do_create_api_token
 
-    project = make_project(2, name="lean-token")
-    ApiToken.objects.create(user=annotator, name="bot", prefix="lls_test", key_hash=hash_token("lls_test-key"))
-    status, body, lean_served = studio.request("POST", f"/api/labeling/projects/{project.pk}/next/",
-                                               headers={"authorization": "Token lls_test-key"})
-    assert (status, lean_served) == (200, False) and body["assignment"]
-    status, body, lean_served = studio.request("POST", f"/api/labeling/projects/{project.pk}/next/",
-                                               headers={"authorization": "Token wrong"})
+    _, key = do_create_api_token(user, name)
+    return {"authorization": f"Token {key}"}
+
+
+def drf_client(headers: dict[str, str]) -> Client:
+    """A client of the DRF views themselves (Django's test client does not go through the lean path)."""
+    return Client(headers=headers)
+
+
+def test_api_tokens_are_served_as_the_views_serve_them(studio, annotator, make_project):  # noqa: ANN001
+    project = make_project(3, name="lean-token")
+    auth = token_for(annotator)
+    next_url = f"/api/labeling/projects/{project.pk}/next/"
+    status, task, lean_served = studio.request("POST", next_url, headers=auth)  # no cookie, no CSRF token
+    assert status == 200 and lean_served is True and task["assignment"]
+    lean_headers = studio.headers
+    drf = drf_client(auth).post(next_url, content_type="application/json", headers={"accept": "application/json"})
+    assert drf.status_code == 200 and drf.json() == task  # the current lock again: the very same answer
+    for name in ("content-type", "vary", "allow", "x-frame-options", "x-content-type-options",
+                 "referrer-policy", "cross-origin-opener-policy"):
+        assert lean_headers.get(name) == drf.headers.get(name), name
+
+    body = {"assignment": task["assignment"], "choice": "a", "strength": -1, "client_token": "tok-token-1",
+            "next": True}
+    status, judged, lean_served = studio.request("POST", "/api/labeling/judgements/", body, headers=auth)
+    assert status == 201 and lean_served is True
+    stored = Judgement.objects.get(pk=judged["id"])
+    assert stored.annotator_id == annotator.pk and stored.choice == "a"
+    assert {k: v for k, v in judged.items() if k != "next"} == JudgementSerializer(stored).data
+    assert judged["next"]["assignment"] and judged["next"]["item"] != task["item"]
+    again = drf_client(auth).post("/api/labeling/judgements/", {**body, "next": False},
+                                  content_type="application/json")
+    assert again.status_code == 200 and again.json() == {k: v for k, v in judged.items() if k != "next"}
+
+
+def test_a_token_decides_alone_as_in_drf(studio, annotator, plain_user, make_project):  # noqa: ANN001
+    """DRF tries the token first: a session cookie beside it, and its CSRF token, do not count."""
+    project = make_project(2, name="lean-token-order")
+    next_url = f"/api/labeling/projects/{project.pk}/next/"
+    # the token's user (an annotator) beside the session of a user with no role: the token's user labels
+    status, task, lean_served = studio.request("POST", next_url, cookies=signed_in(plain_user),
+                                               headers=token_for(annotator))
+    assert (status, lean_served) == (200, True)
+    assert Assignment.objects.get(pk=task["assignment"]).annotator_id == annotator.pk
+    # an annotator's session beside an unknown token: DRF's 401, not the session
+    status, body, lean_served = post(studio, next_url, signed_in(annotator),
+                                     headers={"authorization": "Token lls_unknown"})
     assert (status, body["code"], lean_served) == (401, "authentication_failed", False)
+    # another scheme is not a token: the session (with its CSRF check) decides, as in DRF
+    status, again, lean_served = post(studio, next_url, signed_in(annotator), headers={"authorization": "Bearer x"})
+    assert (status, lean_served) == (200, True) and again == task  # the annotator's current lock
+    status, _, lean_served = studio.request("POST", next_url, cookies=signed_in(annotator),
+                                            headers={"authorization": "Bearer x"})  # no CSRF header
+    assert (status, lean_served) == (403, False)
+    view = Client(headers={"authorization": "Bearer x"})
+    view.force_login(annotator)
+    assert view.post(next_url, content_type="application/json").json() == again
+
+
+def test_what_lean_refuses_of_tokens_gets_drfs_answer(studio, annotator, plain_user, make_user,
+                                                       make_project):  # noqa: ANN001
+    from studio.actions import do_revoke_api_token
+    from studio.models import ApiToken
+
+    project = make_project(2, name="lean-token-refusals")
+    next_url = f"/api/labeling/projects/{project.pk}/next/"
+    revoked = token_for(annotator, "old")
+    do_revoke_api_token(ApiToken.objects.get(user=annotator, name="old"))
+    idle = make_user("ida", "annotator")
+    inactive = token_for(idle)
+    idle.is_active = False
+    idle.save()
+    cases = [
+        (revoked, 401, "authentication_failed", "Invalid or revoked API token."),
+        ({"authorization": "Token lls_not-a-key"}, 401, "authentication_failed", "Invalid or revoked API token."),
+        (inactive, 401, "authentication_failed", "Invalid or revoked API token."),
+        ({"authorization": "Token"}, 401, "authentication_failed", "Malformed Authorization header"),
+        ({"authorization": "Token a b"}, 401, "authentication_failed", "Malformed Authorization header"),
+        ({"authorization": "Token lls_\u00e9t\u00e9"}, 401, "authentication_failed", "invalid characters"),
+        (token_for(plain_user), 403, "permission_denied", "role"),  # no annotator role
+    ]
+    for headers, code, error, detail in cases:
+        status, body, lean_served = studio.request("POST", next_url, headers=headers)
+        assert (status, body["code"], lean_served) == (code, error, False), headers
+        assert detail in body["detail"], body
+        drf = drf_client(headers).post(next_url, content_type="application/json")
+        assert (drf.status_code, drf.json()) == (status, body)
+    assert not Assignment.objects.exists()
+
+
+def test_token_last_used_at_is_written_at_most_once_a_minute(studio, annotator, make_project):  # noqa: ANN001
+    from studio.models import ApiToken
+
+    project = make_project(2, name="lean-token-used")
+    auth = token_for(annotator)
+    token = ApiToken.objects.get(user=annotator)
+    assert token.last_used_at is None
+    next_url = f"/api/labeling/projects/{project.pk}/next/"
+
+    def used() -> object:
+        status, _, lean_served = studio.request("POST", next_url, headers=auth)
+        assert (status, lean_served) == (200, True)
+        return ApiToken.objects.get(pk=token.pk).last_used_at
+
+    first = used()
+    assert first is not None and timezone.now() - first < timedelta(seconds=30)
+    assert used() == first  # within the minute: not written again
+    long_ago = timezone.now() - timedelta(seconds=61)
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=long_ago)
+    assert used() > long_ago + timedelta(seconds=30)
+
+
+def postgresql_only() -> None:
+    if connections["default"].vendor != "postgresql":
+        pytest.skip("a PostgreSQL test (DATABASE_URL=postgres://…)")
+    assert connections["default"].settings_dict["CONN_HEALTH_CHECKS"]  # the studio's PostgreSQL default
+
+
+@pytest.mark.parametrize("auth", ["session", "token"])
+def test_a_dead_connection_is_replaced_by_the_first_lookup(monkeypatch, annotator, make_project, auth):  # noqa: ANN001
+    """PostgreSQL restarted, or the backend terminated, between two requests of a request thread:
+    the next request's first lookup notices, reconnects and is still answered by the lean path."""
+    postgresql_only()
+    studio = Studio(monkeypatch, threads=1)  # both requests on the same thread and connection
+    try:
+        project = make_project(3, name=f"lean-dead-{auth}")
+        who = ({"user_cookies": signed_in(annotator)} if auth == "session"
+               else {"user_cookies": None, "headers": token_for(annotator)})
+        next_url = f"/api/labeling/projects/{project.pk}/next/"
+        status, task, lean_served = post(studio, next_url, **who)
+        assert (status, lean_served) == (200, True)
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            assert cursor.fetchall() == [(True,)]  # the request thread's connection
+        status, judged, lean_served = post(studio, "/api/labeling/judgements/",
+                                           body={"assignment": task["assignment"], "choice": "a", "next": True}, **who)
+        assert (status, lean_served) == (201, True), judged
+        assert judged["next"]["assignment"]
+    finally:
+        studio.close()
+
+
+def test_no_health_check_query_after_the_first_lookup(studio, monkeypatch, annotator, make_project):  # noqa: ANN001
+    """Django would send ``SELECT 1`` before a request's first cursor on a kept connection; the lean
+    path's first lookup stands for it."""
+    postgresql_only()
+    project = make_project(4, name="lean-health")
+    me, auth = signed_in(annotator), token_for(annotator)
+    next_url = f"/api/labeling/projects/{project.pk}/next/"
+    for who in ({"user_cookies": me}, {"user_cookies": None, "headers": auth}):  # connect both request threads
+        assert post(studio, next_url, **who)[0] == 200
+    checks: list[str] = []
+    wrapper = type(connections["default"])
+    is_usable = wrapper.is_usable
+
+    def counted(self):  # noqa: ANN001, ANN202
+        checks.append("SELECT 1")
+        return is_usable(self)
+
+    monkeypatch.setattr(wrapper, "is_usable", counted)
+    for who in ({"user_cookies": me}, {"user_cookies": None, "headers": auth}) * 2:
+        status, task, lean_served = post(studio, next_url, **who)
+        assert (status, lean_served) == (200, True)
+        status, _, lean_served = post(studio, "/api/labeling/judgements/",
+                                      body={"assignment": task["assignment"], "choice": "b"}, **who)
+        assert (status, lean_served) == (201, True)
+    assert checks == []
+    # a request the lean path declines goes through Django, which checks its connection as usual
+    status, _, lean_served = studio.request("POST", next_url, headers={"authorization": "Token lls_unknown"})
+    assert (status, lean_served) == (401, False) and checks
 
 
 def test_match_names_only_the_hot_requests() -> None:
