@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from labeling import sql
@@ -52,7 +52,8 @@ from labeling.models import (
 )
 from studio.dbwrite import write_transaction
 from studio.errors import StudioAPIError
-from studio.events import publish
+from studio.events import deliver, publish
+from studio.models import Event
 
 PROJECT_FIELDS = ("name", "description", "guidelines", "task_type", "criteria", "likert_max", "allow_strength",
                   "overlap", "gold_rate", "annotator_cap", "lock_ttl_seconds", "edit_window_seconds",
@@ -513,23 +514,27 @@ def _free_item(project: Project, user: Any, *, gold: bool) -> tuple[int, int] | 
     return None if row is None else (row[0], row[1])
 
 
-def _take_free_item(project: ProjectRules, user: Any, now: Any, expires: Any) -> tuple[int, int] | None:
+def _take_free_item(project: ProjectRules, user: Any, now: Any, expires: Any) -> dict[str, Any] | None:
     """PostgreSQL: lock the first free regular item (as :func:`_free_item` finds it, its row locked,
-    rows another transaction is handing out skipped) for ``user`` on its lowest free slot, in one
-    statement: ``(assignment id, item id)``, or None when none is free. The slots are those of the
-    statement's snapshot: one taken since breaks ``unique(item, slot)`` (IntegrityError: look again)."""
+    rows another transaction is handing out skipped) for ``user`` on its lowest free slot, and read
+    the task (:func:`task_data`), in one statement; None when none is free. The slots are those of
+    the statement's snapshot: one taken since conflicts with ``unique(item, slot)`` and the
+    statement writes nothing (``ON CONFLICT DO NOTHING``: look again)."""
     eligible, params = _eligible_sql(project, user, gold=False)
     assignments = sql.table(Assignment)
     held = f"(SELECT COUNT(*) FROM {assignments} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
     candidate = f"SELECT i.id {eligible}AND {held} < %s {ITEM_ORDER} LIMIT 1 FOR UPDATE OF i SKIP LOCKED"
     slot = (f"(SELECT MIN(n) FROM generate_series(0, %s - 1) n WHERE NOT EXISTS "
             f"(SELECT 1 FROM {assignments} h WHERE h.item_id = c.id AND h.slot = n))")
-    row = sql.one(f"INSERT INTO {assignments} (project_id, item_id, annotator_id, slot, status, is_gold, created_at, "
-                  f"expires_at, finished_at) SELECT %s, c.id, %s, {slot}, %s, %s, %s, %s, NULL "
-                  f"FROM ({candidate}) c RETURNING id, item_id",
-                  [project.pk, user.pk, project.overlap, ASSIGN_ACTIVE, False, sql.db_datetime(now),
-                   sql.db_datetime(expires), *params, project.overlap])
-    return None if row is None else (row[0], row[1])
+    taken = (f"INSERT INTO {assignments} (project_id, item_id, annotator_id, slot, status, is_gold, created_at, "
+             f"expires_at, finished_at) SELECT %s, c.id, %s, {slot}, %s, %s, %s, %s, NULL "
+             f"FROM ({candidate}) c ON CONFLICT DO NOTHING RETURNING id, item_id")
+    shown = sql.rows(f"WITH taken AS ({taken}) " + _task_query("taken", lead="t.id, t.item_id, "),
+                     [project.pk, user.pk, project.overlap, ASSIGN_ACTIVE, False, sql.db_datetime(now),
+                      sql.db_datetime(expires), *params, project.overlap])
+    if not shown:
+        return None
+    return task_data(project, shown[0][0], shown[0][1], expires, [row[2:] for row in shown])
 
 
 def _held_by_active_locks(project: Project, user: Any) -> bool:
@@ -542,11 +547,15 @@ def _held_by_active_locks(project: Project, user: Any) -> bool:
     return sql.one(query, [*params, ASSIGN_ACTIVE]) is not None
 
 
-def _lock(project: ProjectRules, item_id: int, user: Any, slot: int | None, now: Any, expires: Any) -> int:
+def _lock(project: ProjectRules, item_id: int, user: Any, slot: int | None, now: Any, expires: Any) -> int | None:
+    """Lock ``item_id`` for ``user`` on ``slot`` (None: a gold item): the assignment id, or None when
+    a concurrent request took that slot or item meanwhile (``ON CONFLICT DO NOTHING``: no error, so
+    the caller's transaction goes on)."""
     at = sql.db_datetime(now)
     return sql.insert(Assignment, {"project_id": project.pk, "item_id": item_id, "annotator_id": user.pk,
                                    "slot": slot, "status": ASSIGN_ACTIVE, "is_gold": slot is None,
-                                   "created_at": at, "expires_at": sql.db_datetime(expires), "finished_at": None})
+                                   "created_at": at, "expires_at": sql.db_datetime(expires), "finished_at": None},
+                      on_conflict_nothing=True)
 
 
 def next_item(project: Project | ProjectRules | int, user: Any, *, rng: random.Random | None = None) -> dict[str, Any]:
@@ -556,91 +565,101 @@ def next_item(project: Project | ProjectRules | int, user: Any, *, rng: random.R
     Honours overlap (slots 0..N-1 per item), expired locks (reclaimed), no self-review (items with
     a response the user wrote are never shown to them), the per-annotator cap and the gold block
     threshold. Gold items are mixed in at ``gold_rate``. Raises :class:`NoItem` when nothing is left.
+
+    One transaction, or part of the caller's without a savepoint (a submission with its next
+    item): nothing in it raises on purpose — a refusal comes back from :func:`_hand_out` and is
+    raised afterwards — and no hand-out breaks a constraint (a slot or item taken meanwhile is
+    ``ON CONFLICT DO NOTHING``: look again), so the next item never rolls back a judgement.
     """
     project = ProjectRules.of(project)
     if project.archived:
         raise NoItem("archived", "This project is archived.")
-    rng = rng or random
-    now = timezone.now()
-    assignments = sql.table(Assignment)
-    # PostgreSQL: a candidate read just before another transaction committed a slot on it is found
-    # full once locked; each retry is a new transaction with a fresh snapshot
-    attempts = 25
-    locked: tuple[int, int, Any] | None = None
-    for _attempt in range(attempts):
-        try:
-            with write_transaction():
-                current = _release_expired_and_current(project, user, now)
-                if current is not None:
-                    locked = (current[0], current[1], sql.py_datetime(current[2]))
-                    break
-                # gold judgements accrue only while gold items are served (gold_rate > 0)
-                accuracy, judged = gold_standing(project, user) if project.gold_rate > 0 else (None, 0)
-                if accuracy is not None and judged >= project.gold_min_judged and accuracy < project.gold_block_accuracy:
-                    raise NoItem("gold_blocked", f"Your accuracy on gold items is {accuracy:.0%}, below the "
-                                 f"project's {project.gold_block_accuracy:.0%}; a builder must review your work.")
-                if project.annotator_cap is not None:
-                    done = sql.one(f"SELECT COUNT(*) FROM {sql.table(Judgement)} WHERE project_id = %s "
-                                   "AND annotator_id = %s AND imported = %s", [project.pk, user.pk, False])[0]
-                    if done >= project.annotator_cap:
-                        raise NoItem("cap_reached", f"You have reached this project's cap of "
-                                     f"{project.annotator_cap} judgements.")
-                expires = now + timedelta(seconds=project.lock_ttl_seconds)
-                if project.gold_rate > 0 and rng.random() < project.gold_rate:
-                    gold = _free_item(project, user, gold=True)
-                    if gold is not None:
-                        locked = (_lock(project, gold[0], user, None, now, expires), gold[0], expires)
-                        break
-                # PostgreSQL: lock the item row so two transactions cannot both take its last slot,
-                # skipping rows another annotator's transaction is locking right now, and the
-                # assignment written by the same statement
-                skip_locked = connection.features.has_select_for_update_skip_locked
-                if skip_locked:
-                    taken = _take_free_item(project, user, now, expires)
-                    if taken is not None:
-                        locked = (taken[0], taken[1], expires)
-                        break
-                    candidate = None
-                else:
-                    candidate = _free_item(project, user, gold=False)
-                if candidate is None:
-                    if _attempt < attempts - 1 and skip_locked \
-                            and _free_item(project, user, gold=False) is not None:
-                        continue  # every free item is being handed out to someone else: look again
-                    if _held_by_active_locks(project, user):
-                        raise NoItem("all_locked", "The items left are being labeled by others right now; a slot "
-                                     "comes free if one of them skips or their lock expires. Ask again shortly.")
-                    raise NoItem("no_items", "Nothing left for you to label in this project right now.")
-                item_id, held = candidate
-                # SQLite: the write lock serializes writers, so the counted slots are current
-                if held == 0:
-                    free = list(range(project.overlap))
-                else:
-                    used = {r[0] for r in sql.rows(f"SELECT slot FROM {assignments} WHERE item_id = %s "
-                                                   "AND slot IS NOT NULL", [item_id])}
-                    free = [s for s in range(project.overlap) if s not in used]
-                if not free:
-                    continue
-                locked = (_lock(project, item_id, user, free[0], now, expires), item_id, expires)
-                break
-        except IntegrityError:  # a concurrent transaction took the slot (PostgreSQL): try again
-            continue
-    if locked is None:
-        raise NoItem("busy", "Items are being handed out to others right now; try again.")
-    return task_data(project, *locked)
+    with write_transaction(savepoint=False):
+        outcome = _hand_out(project, user, rng or random, timezone.now())
+    if isinstance(outcome, NoItem):
+        raise outcome
+    return outcome
+
+
+def _hand_out(project: ProjectRules, user: Any, rng: Any, now: Any) -> dict[str, Any] | NoItem:
+    """:func:`next_item`'s work in its transaction: the task, or the refusal (not raised)."""
+    current = _release_expired_and_current(project, user, now)
+    if current is not None:
+        return task_data(project, current[0], current[1], sql.py_datetime(current[2]))
+    # gold judgements accrue only while gold items are served (gold_rate > 0)
+    accuracy, judged = gold_standing(project, user) if project.gold_rate > 0 else (None, 0)
+    if accuracy is not None and judged >= project.gold_min_judged and accuracy < project.gold_block_accuracy:
+        return NoItem("gold_blocked", f"Your accuracy on gold items is {accuracy:.0%}, below the "
+                      f"project's {project.gold_block_accuracy:.0%}; a builder must review your work.")
+    if project.annotator_cap is not None:
+        done = sql.one(f"SELECT COUNT(*) FROM {sql.table(Judgement)} WHERE project_id = %s "
+                       "AND annotator_id = %s AND imported = %s", [project.pk, user.pk, False])[0]
+        if done >= project.annotator_cap:
+            return NoItem("cap_reached", f"You have reached this project's cap of {project.annotator_cap} judgements.")
+    expires = now + timedelta(seconds=project.lock_ttl_seconds)
+    if project.gold_rate > 0 and rng.random() < project.gold_rate:
+        gold = _free_item(project, user, gold=True)
+        locked = None if gold is None else _lock(project, gold[0], user, None, now, expires)
+        if locked is not None:
+            return task_data(project, locked, gold[0], expires)
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    attempts = 25  # PostgreSQL: each look is a new statement, with a fresh snapshot (READ COMMITTED)
+    for attempt in range(attempts):
+        if skip_locked:
+            # PostgreSQL: the item row locked so that two transactions cannot both take its last
+            # slot, rows another annotator's transaction is locking right now skipped; the
+            # assignment written and the task read by the same statement
+            task = _take_free_item(project, user, now, expires)
+            if task is not None:
+                return task
+            if attempt < attempts - 1 and _free_item(project, user, gold=False) is not None:
+                continue  # every free item is being handed out to someone else: look again
+            break
+        candidate = _free_item(project, user, gold=False)
+        if candidate is None:
+            break
+        item_id, held = candidate
+        # SQLite: the write lock serializes writers, so the counted slots are current
+        if held == 0:
+            free = list(range(project.overlap))
+        else:
+            used = {r[0] for r in sql.rows(f"SELECT slot FROM {sql.table(Assignment)} WHERE item_id = %s "
+                                           "AND slot IS NOT NULL", [item_id])}
+            free = [s for s in range(project.overlap) if s not in used]
+        locked = _lock(project, item_id, user, free[0], now, expires) if free else None
+        if locked is not None:
+            return task_data(project, locked, item_id, expires)
+    else:
+        return NoItem("busy", "Items are being handed out to others right now; try again.")
+    if _held_by_active_locks(project, user):
+        return NoItem("all_locked", "The items left are being labeled by others right now; a slot "
+                      "comes free if one of them skips or their lock expires. Ask again shortly.")
+    return NoItem("no_items", "Nothing left for you to label in this project right now.")
 
 
 SLOT_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def task_data(project: ProjectRules, assignment_id: int, item_id: int, expires_at: Any) -> dict[str, Any]:
+def _task_query(source: str = "", lead: str = "") -> str:
+    """The statement reading a task's rows (``lead`` columns, then item task type, prompt messages,
+    and per shown response its id, position and text, in position order): of the item ``%s`` when
+    ``source`` is empty, else of the item that the ``source`` row set (alias ``t``, with ``item_id``)
+    names."""
+    items = f"{source} t JOIN {sql.table(Item)} i ON i.id = t.item_id" if source else f"{sql.table(Item)} i"
+    return (f"SELECT {lead}i.task_type, p.messages, s.response_id, s.position, r.text FROM {items} "
+            f"JOIN {sql.table(Prompt)} p ON p.id = i.prompt_id "
+            f"LEFT JOIN {sql.table(ItemResponse)} s ON s.item_id = i.id "
+            f"LEFT JOIN {sql.table(Response)} r ON r.id = s.response_id "
+            f"{'' if source else 'WHERE i.id = %s '}ORDER BY s.position")
+
+
+def task_data(project: ProjectRules, assignment_id: int, item_id: int, expires_at: Any,
+              shown: list[tuple[Any, ...]] | None = None) -> dict[str, Any]:
     """A locked item as the annotator sees it: prompt and responses in their recorded order (one
-    statement). Model names are hidden (no identity leaks)."""
-    shown = sql.rows(f"SELECT i.task_type, p.messages, s.response_id, s.position, r.text "
-                     f"FROM {sql.table(Item)} i JOIN {sql.table(Prompt)} p ON p.id = i.prompt_id "
-                     f"LEFT JOIN {sql.table(ItemResponse)} s ON s.item_id = i.id "
-                     f"LEFT JOIN {sql.table(Response)} r ON r.id = s.response_id "
-                     "WHERE i.id = %s ORDER BY s.position", [item_id])
+    statement, or ``shown``: its rows as :func:`_task_query` reads them). Model names are hidden
+    (no identity leaks)."""
+    if shown is None:
+        shown = sql.rows(_task_query(), [item_id])
     task_type, messages = shown[0][0], shown[0][1]
     return {
         "assignment": assignment_id, "item": item_id, "project": project.pk,
@@ -886,16 +905,28 @@ def _submit(user: Any, assignment_id: int, data: dict[str, Any],
         writes.append((f"UPDATE {sql.table(Item)} SET submitted_count = submitted_count + 1, "
                        "complete = CASE WHEN submitted_count >= %s THEN %s ELSE complete END WHERE id = %s",
                        [project.overlap - 1, True, item_id]))
-    if connection.vendor == "postgresql":  # one statement: the updates in CTEs of the insert
-        before = "WITH " + ", ".join(f"w{n} AS ({q})" for n, (q, _) in enumerate(writes)) + " "
-        values["id"] = sql.insert(Judgement, stored, before=before, before_params=[p for _, ps in writes for p in ps])
+    event = Event(group=f"labeling.project.{project_id}", kind="labeling.judgement", created_at=now,
+                  payload={"project": project_id, "item": item_id, "annotator": user.pk, "gold": is_gold})
+    event_row = {"group": event.group, "kind": event.kind, "payload": None, "actor_id": None, "created_at": at}
+    if connection.vendor == "postgresql":
+        # one statement: the updates, the judgement, and its event (whose payload names the
+        # judgement's new id) as CTEs
+        ctes = ", ".join(f"w{n} AS ({q})" for n, (q, _) in enumerate(writes))
+        event_cols = ", ".join(connection.ops.quote_name(c) for c in event_row)
+        values["id"], event.id = sql.one(
+            f"WITH {ctes}, j AS ({sql.insert_statement(Judgement, stored)} RETURNING id), "
+            f"e AS (INSERT INTO {sql.table(Event)} ({event_cols}) SELECT %s, %s, "
+            "%s || jsonb_build_object('judgement', j.id), NULL, %s FROM j RETURNING id) SELECT j.id, e.id FROM j, e",
+            [*(p for _, ps in writes for p in ps), *stored.values(), event.group, event.kind,
+            sql.db_json(Event, "payload", event.payload), at])
+        event.payload["judgement"] = values["id"]
     else:
         values["id"] = sql.insert(Judgement, stored)
         for query, params in writes:
             sql.execute(query, params)
-    publish("labeling.judgement", {"project": project_id, "item": item_id, "judgement": values["id"],
-                                   "annotator": user.pk, "gold": is_gold},
-            group=f"labeling.project.{project_id}")
+        event.payload["judgement"] = values["id"]
+        event.id = sql.insert(Event, {**event_row, "payload": sql.db_json(Event, "payload", event.payload)})
+    deliver(event)
     return judgement_data(values), True, project
 
 

@@ -67,17 +67,25 @@ def execute(sql: str, params: Sequence[Any] = ()) -> int:
         return cursor.rowcount
 
 
-def insert(model: type[Model], values: dict[str, Any], *, before: str = "",
-           before_params: Sequence[Any] = ()) -> int:
+def insert(model: type[Model], values: dict[str, Any], *, before: str = "", before_params: Sequence[Any] = (),
+           on_conflict_nothing: bool = False) -> int | None:
     """INSERT one row (column -> already prepared value) and return its id (``RETURNING``:
     PostgreSQL, SQLite ≥ 3.35). ``before``: a ``WITH …`` clause of the same statement (PostgreSQL
-    runs the data-changing statements in it as well), with its parameters."""
-    cols = ", ".join(connection.ops.quote_name(c) for c in values)
-    marks = ", ".join(["%s"] * len(values))
-    row = one(f"{before}INSERT INTO {table(model)} ({cols}) VALUES ({marks}) RETURNING id",
-              [*before_params, *values.values()])
-    assert row is not None
+    runs the data-changing statements in it as well), with its parameters. ``on_conflict_nothing``:
+    a row that would break a unique constraint is not written and None comes back (no error, so the
+    transaction goes on: PostgreSQL and SQLite ≥ 3.24)."""
+    row = one(f"{before}{insert_statement(model, values)}{' ON CONFLICT DO NOTHING' if on_conflict_nothing else ''}"
+              " RETURNING id", [*before_params, *values.values()])
+    if row is None:
+        assert on_conflict_nothing
+        return None
     return row[0]
+
+
+def insert_statement(model: type[Model], columns: Sequence[str]) -> str:
+    """``INSERT INTO table (columns) VALUES (%s, …)`` for the model's table."""
+    cols = ", ".join(connection.ops.quote_name(c) for c in columns)
+    return f"INSERT INTO {table(model)} ({cols}) VALUES ({', '.join(['%s'] * len(columns))})"
 
 
 def db_datetime(value: datetime) -> Any:

@@ -43,13 +43,14 @@ def _lock_file(path: str) -> int:
 
 
 @contextmanager
-def write_transaction(using: str = "default") -> Iterator[None]:
-    """``transaction.atomic(using)``; on SQLite the outermost one first takes the database's write
-    lock (threads of this process, then other processes), so that writers queue in order."""
+def write_transaction(using: str = "default", *, savepoint: bool = True) -> Iterator[None]:
+    """``transaction.atomic(using, savepoint=savepoint)``; on SQLite the outermost one first takes
+    the database's write lock (threads of this process, then other processes), so that writers
+    queue in order."""
     conn = connections[using]
     path = lock_path(conn.settings_dict["NAME"]) if conn.vendor == "sqlite" else None
     if path is None or conn.in_atomic_block:
-        with transaction.atomic(using=using):
+        with transaction.atomic(using=using, savepoint=savepoint):
             yield
         return
     with _THREADS:

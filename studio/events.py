@@ -33,10 +33,17 @@ def publish(kind: str, payload: dict[str, Any] | None = None, *, group: str = "s
     """Store an event and deliver it to the group's followers. Call it from actions and tasks."""
     event = Event.objects.create(group=group, kind=kind, payload=payload or {},
                                  actor=actor if getattr(actor, "pk", None) else None)
+    deliver(event)
+    return event
+
+
+def deliver(event: Event) -> None:
+    """Send a stored event to its group over the channel layer, when one crosses processes (the
+    followers of the table need nothing more). For code that stores the row itself (the labeling
+    hot path writes it with the judgement, in one statement)."""
     if uses_channel_layer():
         try:
             async_to_sync(get_channel_layer().group_send)(
-                group_channel_name(group), {"type": "studio.event", "event": event.as_message()})
+                group_channel_name(event.group), {"type": "studio.event", "event": event.as_message()})
         except Exception:  # the event is stored; followers catch up from the table on reconnect
             log.exception("could not send event %s to the channel layer", event.id)
-    return event
