@@ -17,14 +17,18 @@ Every submission carries a client token. Two measurements:
   send time, so that a slow answer which delays an annotator's next request counts against the
   server (no coordinated omission). Reports the rate achieved and the latency at the target rate.
 
-Reference, measured in the same run with the same clients: ``GET /api/me/`` (session auth, one
-indexed query, through Django and DRF) — one ordinary API request on this server. Server CPU per
+The annotators sign in with sessions (``--auth session``, the annotator page: cookie and CSRF
+token) or label as programs with API tokens (``--auth token``: ``Authorization: Token <key>``,
+one token per annotator made as the studio's token API makes them). Reference, measured in the
+same run with the same clients and the same authentication: ``GET /api/me/`` (one indexed query,
+through Django and DRF) — one ordinary API request on this server. Server CPU per
 submission is the CPU time of the studio's whole process tree (web workers, queue) read from
 ``/proc``. Afterwards every run checks that the project holds exactly the judgements sent and no
 (item, annotator) pair twice.
 
     .venv/bin/python benchmarks/bench_labeling.py --annotators 50 --per-annotator 20 --rate 200
     .venv/bin/python benchmarks/bench_labeling.py --backends sqlite --web-workers 1,3
+    .venv/bin/python benchmarks/bench_labeling.py --auth token --annotators 20 --per-annotator 5 --rate 0
 
 PostgreSQL: a throwaway database is created on 127.0.0.1:5432 (user root, trust auth) and dropped.
 """
@@ -49,7 +53,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.labeling.live_helpers import check_project, setup_project, signed_in_sessions  # noqa: E402
+from tests.labeling.live_helpers import api_tokens, check_project, setup_project, signed_in_sessions  # noqa: E402
 from tests.live import StudioServer  # noqa: E402
 
 PASSWORD = "bench-annotator-pass-1"
@@ -71,13 +75,20 @@ class BenchServer(StudioServer):
 
 
 class Client:
-    """A signed-in keep-alive HTTP/1.1 connection (asyncio streams; Content-Length bodies)."""
+    """A signed-in keep-alive HTTP/1.1 connection (asyncio streams; Content-Length bodies): a
+    session (cookie and CSRF token, as the annotator page sends them) or an API token."""
 
-    def __init__(self, server: StudioServer, session_key: str) -> None:
-        csrf = uuid.uuid4().hex  # a CSRF secret (32 characters): the cookie and the header agree
+    def __init__(self, server: StudioServer, *, session_key: str | None = None, token: str | None = None) -> None:
+        if (session_key is None) == (token is None):
+            raise ValueError("give a session key or an API token")
+        if token is not None:
+            auth = f"Authorization: Token {token}\r\n"
+        else:
+            csrf = uuid.uuid4().hex  # a CSRF secret (32 characters): the cookie and the header agree
+            auth = (f"Cookie: sessionid={session_key}; csrftoken={csrf}\r\nX-CSRFToken: {csrf}\r\n"
+                    f"Referer: {server.url}/\r\n")
         self.port = server.port
-        self.head = (f"Host: 127.0.0.1:{server.port}\r\nCookie: sessionid={session_key}; csrftoken={csrf}\r\n"
-                     f"X-CSRFToken: {csrf}\r\nReferer: {server.url}/\r\n"
+        self.head = (f"Host: 127.0.0.1:{server.port}\r\n{auth}"
                      "Content-Type: application/json\r\nAccept: application/json\r\n")
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -180,7 +191,7 @@ def database_cpu(dbname: str) -> float:
 
 
 def bench_backend(name: str, env: dict[str, str], annotators: int, per_annotator: int, rate: float,
-                  paced_seconds: float) -> list[dict[str, Any]]:
+                  paced_seconds: float, auth: str = "session") -> list[dict[str, Any]]:
     dbname = env["DATABASE_URL"].rsplit("/", 1)[-1] if env.get("DATABASE_URL") else ""
     with tempfile.TemporaryDirectory(prefix=f"bench-labeling-{name}-") as tmp:
         server = BenchServer(Path(tmp), env=env).start()
@@ -190,8 +201,12 @@ def bench_backend(name: str, env: dict[str, str], annotators: int, per_annotator
             items = annotators * (per_annotator * 2 + paced_each) + annotators
             pid = setup_project(server, annotators=names, password=PASSWORD, items=items, name=f"bench {name}",
                                 overlap=1, lock_ttl_seconds=600)
-            sessions = signed_in_sessions(server, names)
-            clients = [Client(server, sessions[n]) for n in names]
+            if auth == "token":
+                keys = api_tokens(server, names)
+                clients = [Client(server, token=keys[n]) for n in names]
+            else:
+                sessions = signed_in_sessions(server, names)
+                clients = [Client(server, session_key=sessions[n]) for n in names]
 
             async def reference(c: Client) -> tuple[list[float], list[str]]:
                 lat, errs = [], []
@@ -300,7 +315,7 @@ def bench_backend(name: str, env: dict[str, str], annotators: int, per_annotator
     if paced_each:
         modes.append((f"paced {rate:.0f}/s", "submit with next"))
     for (mode, style), (wall, lat, _, ccpu, scpu, dcpu, load) in zip(modes, styles):
-        rows.append({"backend": name, "workers": env.get("STUDIO_WEB_WORKERS", "default"), "mode": mode,
+        rows.append({"backend": name, "auth": auth, "workers": env.get("STUDIO_WEB_WORKERS", "default"), "mode": mode,
                      "debug": "off" if env.get("DEBUG") == "0" else "on",
                      "style": style, "submissions": len(lat), "submit_per_s": len(lat) / wall,
                      "p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * percentile(lat, 95),
@@ -328,6 +343,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0,
                         help="paced run: submissions per second from all annotators together (0: no paced run)")
     parser.add_argument("--paced-seconds", type=float, default=15.0, help="paced run: how long the schedule lasts")
+    parser.add_argument("--auth", choices=("session", "token"), default="session",
+                        help="how the annotators authenticate: a signed-in session (the annotator page) or an "
+                             "API token (a program labeling through the API)")
     parser.add_argument("--production", action="store_true",
                         help="run the studio with production settings (DEBUG=0: no query log, no debug pages)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -344,13 +362,14 @@ def main() -> None:
         wenv = {**extra, **({"STUDIO_WEB_WORKERS": workers} if workers else {})}
         for backend in args.backends.split(","):
             if backend == "sqlite":
-                rows += bench_backend("sqlite", wenv, args.annotators, args.per_annotator, args.rate, args.paced_seconds)
+                rows += bench_backend("sqlite", wenv, args.annotators, args.per_annotator, args.rate, args.paced_seconds,
+                                      args.auth)
             elif backend == "postgres":
                 db = f"labbench_{os.getpid()}"
                 subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "root", db], check=True)
                 try:
                     rows += bench_backend("postgres", {**wenv, "DATABASE_URL": f"postgres://root@127.0.0.1:5432/{db}"},
-                                          args.annotators, args.per_annotator, args.rate, args.paced_seconds)
+                                          args.annotators, args.per_annotator, args.rate, args.paced_seconds, args.auth)
                 finally:
                     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", db], check=False)
             else:
@@ -359,11 +378,12 @@ def main() -> None:
     print(f"\n{args.annotators} concurrent annotators; saturation: {args.per_annotator} judgements each per style, "
           f"paced: {args.rate:.0f} submissions/s for {args.paced_seconds:.0f} s (latency of the submission request, "
           "paced: from its scheduled send time; CPU per submission: server = all studio processes)")
-    print("| backend | web workers | DEBUG | mode | client style | submissions/s | p50 | p95 | p99 | server CPU/sub "
-          "| PostgreSQL CPU/sub | client CPU/sub | reference GET /api/me/ req/s (p99) | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| backend | auth | web workers | DEBUG | mode | client style | submissions/s | p50 | p95 | p99 "
+          "| server CPU/sub | PostgreSQL CPU/sub | client CPU/sub | reference GET /api/me/ req/s (p99) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['workers']} | {r['debug']} | {r['mode']} | {r['style']} | {r['submit_per_s']:.0f} | "
+        print(f"| {r['backend']} | {r['auth']} | {r['workers']} | {r['debug']} | {r['mode']} | {r['style']} | "
+              f"{r['submit_per_s']:.0f} | "
               f"{r['p50_ms']:.0f} ms | {r['p95_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['server_cpu_ms']:.1f} ms | "
               f"{'—' if r['db_cpu_ms'] is None else format(r['db_cpu_ms'], '.1f') + ' ms'} | "
               f"{r['client_cpu_ms']:.2f} ms | {r['ref_per_s']:.0f} ({r['ref_p99_ms']:.0f} ms) | {r['load']} |")

@@ -1,4 +1,5 @@
-"""Helpers for tests against a live studio: create annotators and a project through manage.py."""
+"""Helpers for tests against a live studio: create annotators and a project, and sign the
+annotators in (sessions or API tokens), through manage.py."""
 
 from __future__ import annotations
 
@@ -57,6 +58,16 @@ for user in get_user_model().objects.filter(username__in=json.loads(NAMES)):
 print(json.dumps(keys))
 '''
 
+TOKENS = r'''
+import json
+from django.contrib.auth import get_user_model
+from studio.actions import do_create_api_token
+keys = {}
+for user in get_user_model().objects.filter(username__in=json.loads(NAMES)):
+    _, keys[user.username] = do_create_api_token(user, "live")  # what the Account page's API does
+print(json.dumps(keys))
+'''
+
 
 def _shell(server: Any, code: str) -> str:
     try:
@@ -79,3 +90,8 @@ def signed_in_sessions(server: Any, usernames: list[str]) -> dict[str, str]:
     """Session keys for these users, stored as signing in stores them (no password hashing, and no
     login form: works with production settings, whose cookies are HTTPS-only)."""
     return json.loads(_shell(server, SESSIONS.replace("NAMES", repr(json.dumps(usernames)))))
+
+
+def api_tokens(server: Any, usernames: list[str]) -> dict[str, str]:
+    """A new API token key for each of these users, made as the studio's token API makes them."""
+    return json.loads(_shell(server, TOKENS.replace("NAMES", repr(json.dumps(usernames)))))
