@@ -441,3 +441,28 @@ def test_lock_extension(client_for, make_user, make_project):  # noqa: ANN001
     assert judge(client_for(u2), b["assignment"], choice="a").status_code == 201
     resp = client_for(u2).post(f"/api/labeling/assignments/{b['assignment']}/extend/")
     assert resp.status_code == 409 and resp.json()["code"] == "not_active"
+
+
+def test_a_slot_taken_meanwhile_is_looked_for_again_without_losing_the_judgement(make_user, make_project,  # noqa: ANN001
+                                                                                monkeypatch):
+    """The next item's hand-out runs in the submission's transaction without a savepoint: a slot
+    taken between the look and the lock must not raise (that would roll the judgement back) but be
+    skipped (ON CONFLICT DO NOTHING) and the next free item handed out instead."""
+    from django.db import connection
+
+    project = make_project(3, name="stale-look")  # overlap 1
+    u1, u2 = make_user("stale1", "annotator"), make_user("stale2", "annotator")
+    held = actions.next_item(project, u1)
+    mine = actions.next_item(project, u2)
+    real_look, stale = actions._free_item, [held["item"]]
+
+    def look(project, user, *, gold):  # noqa: ANN001, ANN202 - the first look names u1's held item
+        return (stale.pop(), 0) if stale and not gold else real_look(project, user, gold=gold)
+
+    monkeypatch.setattr(actions, "_free_item", look)
+    monkeypatch.setattr(connection.features, "has_select_for_update_skip_locked", False)  # the look-then-lock path
+    body, created = actions.submit_judgement(u2, {"assignment": mine["assignment"], "choice": "a", "next": True})
+    assert created and not stale
+    assert body["next"]["assignment"] and body["next"]["item"] not in (held["item"], mine["item"])
+    assert Judgement.objects.filter(assignment_id=mine["assignment"], annotator=u2).count() == 1
+    assert Assignment.objects.filter(item_id=held["item"]).count() == 1  # nothing written on the taken slot
