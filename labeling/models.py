@@ -51,7 +51,7 @@ REPORT_SOURCES = [("playground", "Chat playground"), ("api", "API"), ("annotator
 # what annotators see of the tools' models' pre-annotations (Prompt.metadata["pre_annotations"])
 PRE_HIDDEN, PRE_SHOWN, PRE_PREFILLED = "hidden", "shown", "prefilled"
 PRE_ANNOTATION_MODES = [(PRE_HIDDEN, "Hidden: annotators never see the models' suggestions"),
-                        (PRE_SHOWN, "Shown beside the task"),
+                        (PRE_SHOWN, "Shown under the answers"),
                         (PRE_PREFILLED, "Shown, and the answer form starts from the suggestion")]
 
 ASSIGN_ACTIVE, ASSIGN_SUBMITTED, ASSIGN_SKIPPED, ASSIGN_EXPIRED = "active", "submitted", "skipped", "expired"

@@ -89,7 +89,7 @@ class ProjectListView(generics.ListCreateAPIView):
         _require(request, BUILDER, "Creating a project")
         form = ProjectSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        with transaction.atomic():
+        with transaction.atomic():  # the pre-annotation setting is stored by its own module (labeling.suggestions)
             project = actions.create_project(request.user, **form.validated_data)
             if "pre_annotations" in form.validated_data:
                 project = suggestions.set_mode(project, request.user, form.validated_data["pre_annotations"])

@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='project',
             name='pre_annotations',
-            field=models.CharField(choices=[('hidden', "Hidden: annotators never see the models' suggestions"), ('shown', 'Shown beside the task'), ('prefilled', 'Shown, and the answer form starts from the suggestion')], default='hidden', help_text='imported model suggestions on the annotator page: hidden, shown, or shown and pre-filled (anchoring: annotators tend to agree with what they are shown)', max_length=10),
+            field=models.CharField(choices=[('hidden', "Hidden: annotators never see the models' suggestions"), ('shown', 'Shown under the answers'), ('prefilled', 'Shown, and the answer form starts from the suggestion')], default='hidden', help_text='imported model suggestions on the annotator page: hidden, shown, or shown and pre-filled (anchoring: annotators tend to agree with what they are shown)', max_length=10),
         ),
         migrations.AddConstraint(
             model_name='project',

@@ -242,3 +242,17 @@ def test_mapping_names_positions_and_hides_the_answers_models():
     # a verdict over responses the tool never listed (a model's candidate in the pair) is not applied
     out, prefill = task_suggestions(pre[:1], "pairwise", [5, 4], listed={5})
     assert out == [] and prefill is None
+
+
+def test_pages_carry_the_setting(client_for, builder, annotator, make_project):  # noqa: ANN001
+    from labeling.suggestions import set_mode
+
+    project = make_project(1, name="pages")
+    page = client_for(annotator).get(f"/labeling/{project.pk}/").content.decode()
+    assert 'data-pre-annotations="hidden"' in page and 'id="suggestions"' not in page  # no panel, no request
+    set_mode(project, builder, "shown")
+    page = client_for(annotator).get(f"/labeling/{project.pk}/").content.decode()
+    assert 'data-pre-annotations="shown"' in page and 'id="suggestion-list"' in page
+    manage = client_for(builder).get(f"/labeling/{project.pk}/manage/").content.decode()
+    assert '<option value="shown" selected>' in manage and 'id="settings-form"' in manage
+    assert 'name="pre_annotations"' in client_for(builder).get("/labeling/").content.decode()

@@ -41,6 +41,7 @@
     const submitBtn = document.getElementById("submit");
     let current = null;
     let ranking = [];
+    let touched = false; // the annotator has answered something on this item (a pre-fill never overwrites it)
     let visibleMs = 0, visibleSince = null, busy = false, timer = null, lockEnd = 0;
     let lastActivity = 0, lastHeartbeat = 0, heartbeat = null;
     for (const kind of ["keydown", "pointerdown", "input", "wheel"]) document.addEventListener(kind, () => { lastActivity = Date.now(); }, { passive: true });
@@ -106,9 +107,54 @@
       out.textContent = ranking.length ? ranking.map((id) => "Answer " + (current.responses.findIndex((r) => r.id === id) + 1)).join(" > ") : "none yet";
     }
 
+    // ---- the models' pre-annotations (only when the project shows them) ----
+    const suggestionsMode = task.dataset.preAnnotations || "hidden";
+    const suggestionsBox = document.getElementById("suggestions");
+    const SHOWN_NOTE = "Imported from another tool's models; they can be wrong. Judge the answers yourself.";
+    const PREFILLED_NOTE = "Your answer starts from the marked suggestion: change it if you disagree. Nothing is sent until you submit.";
+
+    function prefillForm(p) {
+      if (p.choice) { const input = form.querySelector(`input[name=choice][value=${p.choice}]`); if (!input) return false; input.checked = true; }
+      else if (p.ranking) { ranking = p.ranking.filter((id) => current.responses.some((r) => r.id === id)); updateRanking(); }
+      else if (p.ratings) {
+        for (const [rid, crit] of Object.entries(p.ratings)) {
+          for (const [c, v] of Object.entries(crit)) {
+            const sel = [...document.querySelectorAll("#rating-grid select")].find((s) => s.dataset.response === rid && s.dataset.criterion === c);
+            if (sel) sel.value = String(v);
+          }
+        }
+      } else return false;
+      return true;
+    }
+
+    function renderSuggestions(res) {
+      const list = document.getElementById("suggestion-list");
+      const prefilled = res.prefill && !touched && prefillForm(res.prefill);
+      list.replaceChildren(...res.suggestions.map((s, i) => {
+        const item = el("li", { class: "suggestion" + (prefilled && res.prefill.suggestion === i ? " prefilled" : "") }, el("span", { class: "summary", text: s.summary }));
+        if (prefilled && res.prefill.suggestion === i) item.append(" ", el("span", { class: "badge", text: "pre-filled" }));
+        if (s.comment) item.append(el("p", { class: "comment", text: "Comment: " + s.comment }));
+        for (const [q, v] of Object.entries(s.values || {})) item.append(el("p", { class: "value", text: `${q}: ${v}` }));
+        return item;
+      }));
+      document.getElementById("suggestions-note").textContent = prefilled ? PREFILLED_NOTE : SHOWN_NOTE;
+      task.dataset.prefilled = prefilled ? "1" : "0";
+      suggestionsBox.hidden = res.suggestions.length === 0;
+    }
+
+    async function loadSuggestions(a) {
+      if (suggestionsMode === "hidden" || !suggestionsBox) return;
+      try {
+        const res = await api("GET", `/api/labeling/assignments/${a.assignment}/suggestions/`);
+        if (current && current.assignment === a.assignment) renderSuggestions(res);
+      } catch (err) { /* the task works without them */ }
+      finally { if (current && current.assignment === a.assignment) task.dataset.suggestions = String(a.assignment); }
+    }
+
     function show(a) {
-      current = a; ranking = [];
+      current = a; ranking = []; touched = false;
       form.reset(); showError("");
+      if (suggestionsBox) { suggestionsBox.hidden = true; document.getElementById("suggestion-list").replaceChildren(); delete task.dataset.prefilled; }
       renderPrompt(a.prompt); renderResponses(a);
       document.getElementById("pairwise-controls").hidden = a.task_type !== "pairwise";
       document.getElementById("strength-row").hidden = !a.allow_strength;
@@ -130,6 +176,7 @@
         timerEl.textContent = left > 0 ? `lock: ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} left` : "lock expired: press S to skip or reload";
       }, 1000);
       document.getElementById("main").focus({ preventScroll: true });
+      loadSuggestions(a);
     }
 
     async function next() {
@@ -222,7 +269,7 @@
 
     function choose(value) {
       const input = form.querySelector(`input[name=choice][value=${value}]`);
-      if (input) { input.checked = true; showError(""); }
+      if (input) { input.checked = true; touched = true; showError(""); }
     }
 
     document.addEventListener("keydown", (ev) => {
@@ -249,11 +296,12 @@
         if (k >= 1 && k <= current.responses.length) {
           const id = current.responses[k - 1].id;
           if (!ranking.includes(id)) ranking.push(id);
-          updateRanking(); ev.preventDefault();
-        } else if (ev.key === "Backspace") { ranking.pop(); updateRanking(); ev.preventDefault(); }
+          touched = true; updateRanking(); ev.preventDefault();
+        } else if (ev.key === "Backspace") { ranking.pop(); touched = true; updateRanking(); ev.preventDefault(); }
       }
     });
     form.addEventListener("submit", (ev) => { ev.preventDefault(); submit(); });
+    form.addEventListener("change", () => { touched = true; }); // a click on a choice, a rating, the strength
     document.getElementById("skip").addEventListener("click", skip);
     document.getElementById("help-button").addEventListener("click", () => help.showModal());
 
@@ -337,6 +385,18 @@
       refresh();
     });
 
+    const sform = document.getElementById("settings-form");
+    sform.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const st = document.getElementById("settings-status");
+      const select = document.getElementById("pre-annotations");
+      try {
+        const p = await api("PATCH", `/api/labeling/projects/${pid}/`, { pre_annotations: select.value });
+        select.value = p.pre_annotations;
+        st.textContent = "Saved: " + select.options[select.selectedIndex].text + ".";
+      } catch (err) { st.textContent = errorText(err); }
+    });
+
     document.getElementById("snapshot-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const st = document.getElementById("snapshot-status");
@@ -365,6 +425,7 @@
       ev.preventDefault();
       const f = form.elements, err = document.getElementById("project-error");
       const body = { name: f.name.value, task_type: f.task_type.value, overlap: Number(f.overlap.value), guidelines: f.guidelines.value,
+        pre_annotations: f.pre_annotations.value,
         criteria: f.criteria.value.split(",").map((s) => s.trim()).filter(Boolean) };
       try { const p = await api("POST", "/api/labeling/projects/", body); location.href = `/labeling/${p.id}/manage/`; }
       catch (e) { err.textContent = errorText(e); err.hidden = false; }
