@@ -388,6 +388,14 @@ def test_no_health_check_query_after_the_first_lookup(studio, monkeypatch, annot
     assert (status, lean_served) == (401, False) and checks
 
 
+def test_the_views_authenticate_as_lean_mirrors() -> None:
+    """The lean path resolves callers as DRF's default authentication does; the two views use it."""
+    from django.urls import resolve
+
+    for path in ("/api/labeling/judgements/", "/api/labeling/projects/1/next/"):
+        assert tuple(resolve(path).func.cls.authentication_classes) == lean.AUTHENTICATION, path
+
+
 def test_match_names_only_the_hot_requests() -> None:
     assert lean.match("POST", "/api/labeling/judgements/") == (lean.SUBMIT, None)
     assert lean.match("POST", "/api/labeling/projects/12/next/") == (lean.NEXT, 12)
