@@ -140,7 +140,8 @@ def _one(pre: dict[str, Any], task_type: str, shown: list[int], listed: set[int]
         given = (pre.get("ratings") or {}).get(str(rid))
         if isinstance(given, dict) and given:
             ratings[str(rid)] = given
-            says.append(f"rates {labels[rid]} " + ", ".join(f"{c} {v}" for c, v in given.items()))
+            # criteria in name order: PostgreSQL's jsonb does not keep the imported order
+            says.append(f"rates {labels[rid]} " + ", ".join(f"{c} {v}" for c, v in sorted(given.items())))
     if ratings:
         mapped["ratings"] = ratings
         if task_type == TASK_RATING:

@@ -204,7 +204,7 @@ def test_full_ranking_and_ratings_prefill_the_form(client_for, builder, annotato
     # only what fits the form: a project criterion, within 1..likert_max
     assert body["prefill"] == {"suggestion": 0, "ratings": {str(listed[0]): {"helpful": 4}}}
     [s] = body["suggestions"]
-    assert set(s["says"]) == {f"rates Answer {1 + [r['id'] for r in a['responses']].index(listed[0])} helpful 4, fluent 2",
+    assert set(s["says"]) == {f"rates Answer {1 + [r['id'] for r in a['responses']].index(listed[0])} fluent 2, helpful 4",
                               f"rates Answer {1 + [r['id'] for r in a['responses']].index(listed[1])} helpful 9"}
 
 
