@@ -30,8 +30,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from labeling import actions
 from labeling.models import (
-    ASSIGN_ACTIVE,
     PRE_ANNOTATION_MODES,
     PRE_HIDDEN,
     PRE_PREFILLED,
@@ -204,13 +204,8 @@ def for_assignment(assignment: Assignment, user: Any) -> dict[str, Any]:
     ``prefilled`` setting; ``suggestions`` empty with ``hidden``). Refused: someone else's
     assignment (403 ``not_your_item``), a finished one (409 ``not_active``), an expired lock (409
     ``lock_expired``)."""
-    a = Assignment.objects.select_related("project", "item__prompt").get(pk=assignment.pk)
-    if a.annotator_id != user.pk:
-        raise StudioAPIError("not_your_item", "This item is locked for another annotator.",
-                             "Ask for your next item.", status_code=403)
-    if a.status != ASSIGN_ACTIVE:
-        raise StudioAPIError("not_active", f"This assignment is {a.status}; its suggestions are no longer shown.",
-                             "Ask for your next item.", status_code=409)
+    with transaction.atomic():  # the rule the lock's other requests (skip, extend) apply
+        a = actions._own_active_lock(assignment, user, "its suggestions are no longer shown")
     if a.expires_at <= timezone.now():
         raise StudioAPIError("lock_expired", f"Your lock on this item expired at {a.expires_at:%H:%M:%S} UTC.",
                              "Ask for your next item.", status_code=409)
