@@ -57,7 +57,7 @@ from studio.models import Event
 
 PROJECT_FIELDS = ("name", "description", "guidelines", "task_type", "criteria", "likert_max", "allow_strength",
                   "overlap", "gold_rate", "annotator_cap", "lock_ttl_seconds", "edit_window_seconds",
-                  "gold_warn_accuracy", "gold_block_accuracy", "gold_min_judged", "archived")
+                  "gold_warn_accuracy", "gold_block_accuracy", "gold_min_judged", "pre_annotations", "archived")
 MAX_TIME_ON_TASK_MS = 24 * 3600 * 1000
 
 

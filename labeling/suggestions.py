@@ -19,7 +19,8 @@ both, a preferred response whose rival was listed too, a tie / both-bad verdict 
 responses. What does not map is left out rather than guessed.
 
 :func:`task_suggestions` is the pure mapping; :func:`for_assignment` reads the locked item for the
-API; :func:`set_mode` stores the project setting.
+API (the setting itself is a project field, changed like the others by
+:func:`labeling.actions.update_project`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from django.utils import timezone
 
 from labeling import actions
 from labeling.models import (
-    PRE_ANNOTATION_MODES,
     PRE_HIDDEN,
     PRE_PREFILLED,
     SOURCE_CHECKPOINT,
@@ -43,27 +43,9 @@ from labeling.models import (
     Project,
 )
 from studio.errors import StudioAPIError
-from studio.events import publish
 
-MODES = [m for m, _ in PRE_ANNOTATION_MODES]
 TOOLS = {"argilla": "Argilla", "label_studio": "Label Studio"}
 MAX_VALUE_CHARS = 300  # a value kept as given (span labels, …) is shown cut to this length
-
-
-def set_mode(project: Project, user: Any, mode: str) -> Project:
-    """Store the project's ``pre_annotations`` setting (builders; the view checks the role) and
-    announce the change on the project's events, as a change of any other setting is."""
-    if mode not in MODES:
-        raise StudioAPIError("invalid", f"pre_annotations must be one of {', '.join(MODES)}, not {mode!r}.",
-                             "Send hidden, shown or prefilled.", fields={"pre_annotations": [f"one of {MODES}"]})
-    with transaction.atomic():
-        project = Project.objects.select_for_update().get(pk=project.pk)
-        if project.pre_annotations != mode:
-            project.pre_annotations = mode
-            project.save(update_fields=["pre_annotations"])
-            publish("labeling.project.updated", {"project": project.pk, "fields": ["pre_annotations"]},
-                    group=project.event_group, actor=user)
-    return project
 
 
 def labels_for(task_type: str, shown: list[int]) -> dict[int, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from drf_spectacular.types import OpenApiTypes
@@ -89,10 +88,7 @@ class ProjectListView(generics.ListCreateAPIView):
         _require(request, BUILDER, "Creating a project")
         form = ProjectSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        with transaction.atomic():  # the pre-annotation setting is stored by its own module (labeling.suggestions)
-            project = actions.create_project(request.user, **form.validated_data)
-            if "pre_annotations" in form.validated_data:
-                project = suggestions.set_mode(project, request.user, form.validated_data["pre_annotations"])
+        project = actions.create_project(request.user, **form.validated_data)
         return APIResponse(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
 
@@ -111,10 +107,7 @@ class ProjectDetailView(generics.RetrieveUpdateAPIView):
         project = self.get_object()
         form = ProjectSerializer(project, data=request.data, partial=True)
         form.is_valid(raise_exception=True)
-        with transaction.atomic():
-            project = actions.update_project(project, request.user, **form.validated_data)
-            if "pre_annotations" in form.validated_data:
-                project = suggestions.set_mode(project, request.user, form.validated_data["pre_annotations"])
+        project = actions.update_project(project, request.user, **form.validated_data)
         return APIResponse(ProjectSerializer(project).data)
 
 

@@ -211,6 +211,7 @@ SPECTACULAR_SETTINGS = {
         "ReportStatusEnum": "labeling.models.REPORT_STATUSES",
         "AssignmentStatusEnum": "labeling.models.ASSIGN_STATUSES",
         "ResponseSourceKindEnum": "labeling.models.SOURCE_KINDS",
+        "PreAnnotationModeEnum": "labeling.models.PRE_ANNOTATION_MODES",
     },
     # Swagger UI from npm (frontend/package.json), served as static files: nothing from a CDN.
     "SWAGGER_UI_DIST": "/static/vendor/swagger-ui-dist",

@@ -60,7 +60,7 @@ def test_the_setting_is_hidden_by_default_and_only_builders_change_it(client_for
     from studio.models import Event
 
     changes = Event.objects.filter(kind="labeling.project.updated", payload__project=pid).values_list("payload", flat=True)
-    assert sorted(c["fields"] for c in changes) == [["overlap"], ["pre_annotations"]]
+    assert [sorted(c["fields"]) for c in changes] == [["overlap", "pre_annotations"]]
 
 
 # ---- the locked item's suggestions -------------------------------------------------------------
@@ -71,10 +71,7 @@ def _prefer_first(ids: list[int]) -> list[dict]:
 
 @pytest.mark.parametrize("mode", ["hidden", "shown", "prefilled"])
 def test_suggestions_follow_the_setting_and_the_randomized_positions(mode, client_for, annotator, make_project):  # noqa: ANN001
-    project = make_project(8, name=f"positions-{mode}")
-    from labeling.suggestions import set_mode
-
-    project = set_mode(project, None, mode)
+    project = make_project(8, name=f"positions-{mode}", pre_annotations=mode)
     with_pre_annotations(project, _prefer_first)
     client = client_for(annotator)
     seen = set()
@@ -101,10 +98,7 @@ def test_suggestions_follow_the_setting_and_the_randomized_positions(mode, clien
 
 
 def test_only_the_holder_reads_the_suggestions(client_for, make_user, annotator, builder, plain_user, make_project):  # noqa: ANN001
-    project = make_project(3, name="holder-only")
-    from labeling.suggestions import set_mode
-
-    set_mode(project, builder, "prefilled")
+    project = make_project(3, name="holder-only", pre_annotations="prefilled")
     with_pre_annotations(project, _prefer_first)
     other = make_user("otto", "annotator")
     a = next_for(client_for(annotator), project)
@@ -134,9 +128,7 @@ def test_label_studio_prediction_maps_only_onto_the_pairs_it_compared(client_for
     the model-written candidate paired with each (the judged pair is complete). Against the
     candidate nothing is known of a preference, so none is shown; the rating of answer2 is."""
     project = actions.create_project(builder, name="ls-pairs")
-    from labeling.suggestions import set_mode
-
-    set_mode(project, builder, "prefilled")
+    actions.update_project(project, builder, pre_annotations="prefilled")
     actions.import_jsonl(project, builder, json.dumps(LABEL_STUDIO), seed=1)
     ids = {r.text: r.pk for r in Response.objects.filter(prompt__project=project)}
     client = client_for(annotator)
@@ -164,9 +156,7 @@ def test_argilla_ranking_in_a_ranking_project(client_for, builder, annotator):  
     but pre-fills no ranking (where the candidate belongs is unknown)."""
     record = {k: v for k, v in ARGILLA.items() if k != "responses"}
     project = actions.create_project(builder, name="argilla-ranking", task_type="ranking")
-    from labeling.suggestions import set_mode
-
-    set_mode(project, builder, "prefilled")
+    actions.update_project(project, builder, pre_annotations="prefilled")
     actions.import_jsonl(project, builder, json.dumps(record))
     a = next_for(client_for(annotator), project)
     body = suggestions_of(client_for(annotator), a["assignment"]).json()
@@ -185,9 +175,7 @@ def test_full_ranking_and_ratings_prefill_the_form(client_for, builder, annotato
     actions.import_jsonl(ranking, builder, pair_lines_fn(1), seed=0)
     with_pre_annotations(ranking, lambda ids: [{"tool": "argilla", "model": "judge", "score": None,
                                                  "ranking": [ids[1], ids[0]]}])
-    from labeling.suggestions import set_mode
-
-    set_mode(ranking, builder, "prefilled")
+    actions.update_project(ranking, builder, pre_annotations="prefilled")
     a = next_for(client_for(annotator), ranking)
     body = suggestions_of(client_for(annotator), a["assignment"]).json()
     listed = sorted(r["id"] for r in a["responses"])
@@ -197,7 +185,7 @@ def test_full_ranking_and_ratings_prefill_the_form(client_for, builder, annotato
     actions.import_jsonl(rating, builder, pair_lines_fn(1), seed=0)
     with_pre_annotations(rating, lambda ids: [{"tool": "label_studio", "model": "rm", "score": None, "ratings": {
         str(ids[0]): {"helpful": 4, "fluent": 2}, str(ids[1]): {"helpful": 9}}}])
-    set_mode(rating, builder, "prefilled")
+    actions.update_project(rating, builder, pre_annotations="prefilled")
     a = next_for(client_for(annotator), rating)
     body = suggestions_of(client_for(annotator), a["assignment"]).json()
     listed = sorted(r["id"] for r in a["responses"])
@@ -210,9 +198,7 @@ def test_full_ranking_and_ratings_prefill_the_form(client_for, builder, annotato
 
 def test_pre_annotations_never_become_votes(client_for, builder, annotator, make_project):  # noqa: ANN001
     project = make_project(2, name="no-votes")
-    from labeling.suggestions import set_mode
-
-    set_mode(project, builder, "prefilled")
+    actions.update_project(project, builder, pre_annotations="prefilled")
     with_pre_annotations(project, _prefer_first)
     client = client_for(annotator)
     a = next_for(client, project)
@@ -245,12 +231,10 @@ def test_mapping_names_positions_and_hides_the_answers_models():
 
 
 def test_pages_carry_the_setting(client_for, builder, annotator, make_project):  # noqa: ANN001
-    from labeling.suggestions import set_mode
-
     project = make_project(1, name="pages")
     page = client_for(annotator).get(f"/labeling/{project.pk}/").content.decode()
     assert 'data-pre-annotations="hidden"' in page and 'id="suggestions"' not in page  # no panel, no request
-    set_mode(project, builder, "shown")
+    actions.update_project(project, builder, pre_annotations="shown")
     page = client_for(annotator).get(f"/labeling/{project.pk}/").content.decode()
     assert 'data-pre-annotations="shown"' in page and 'id="suggestion-list"' in page
     manage = client_for(builder).get(f"/labeling/{project.pk}/manage/").content.decode()
