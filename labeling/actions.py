@@ -682,9 +682,11 @@ def next_or_reason(project: Project | ProjectRules | int, user: Any) -> dict[str
         return {"assignment": None, "reason": e.reason, "detail": e.detail}
 
 
-def _own_active_lock(assignment: Assignment, user: Any, doing: str) -> Assignment:
-    """The assignment row, locked for update; refused unless it is ``user``'s and still active."""
-    a = Assignment.objects.select_for_update(of=("self",)).select_related("project").get(pk=assignment.pk)
+def own_active_assignment(assignment: Assignment, user: Any, doing: str, *, for_update: bool = True) -> Assignment:
+    """The assignment row (locked for update unless ``for_update`` is False: a read); refused
+    unless it is ``user``'s and still active."""
+    rows = Assignment.objects.select_for_update(of=("self",)) if for_update else Assignment.objects
+    a = rows.select_related("project").get(pk=assignment.pk)
     if a.annotator_id != user.pk:
         raise StudioAPIError("not_your_item", "This item is locked for another annotator.",
                              "Ask for your next item.", status_code=403)
@@ -697,7 +699,7 @@ def _own_active_lock(assignment: Assignment, user: Any, doing: str) -> Assignmen
 def skip_assignment(assignment: Assignment, user: Any) -> Assignment:
     """Give an item back; the slot is freed and the item is not offered to this user again."""
     with write_transaction():
-        a = _own_active_lock(assignment, user, "it cannot be skipped")
+        a = own_active_assignment(assignment, user, "it cannot be skipped")
         a.status, a.slot, a.finished_at = ASSIGN_SKIPPED, None, timezone.now()
         a.save(update_fields=["status", "slot", "finished_at"])
         publish("labeling.skipped", {"project": a.project_id, "item": a.item_id},
@@ -714,7 +716,7 @@ def extend_lock(assignment: Assignment, user: Any) -> Assignment:
     active or has already expired, or one held for longer than ``LOCK_MAX_HOLD_FACTOR`` lock times (409).
     """
     with write_transaction():
-        a = _own_active_lock(assignment, user, "its lock cannot be extended")
+        a = own_active_assignment(assignment, user, "its lock cannot be extended")
         now = timezone.now()
         ttl = a.project.lock_ttl_seconds
         if a.expires_at <= now:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
 from labeling import actions
@@ -186,8 +185,8 @@ def for_assignment(assignment: Assignment, user: Any) -> dict[str, Any]:
     ``prefilled`` setting; ``suggestions`` empty with ``hidden``). Refused: someone else's
     assignment (403 ``not_your_item``), a finished one (409 ``not_active``), an expired lock (409
     ``lock_expired``)."""
-    with transaction.atomic():  # the rule the lock's other requests (skip, extend) apply
-        a = actions._own_active_lock(assignment, user, "its suggestions are no longer shown")
+    # the rule the lock's other requests (skip, extend) apply; a read, so the row is not locked
+    a = actions.own_active_assignment(assignment, user, "its suggestions are no longer shown", for_update=False)
     if a.expires_at <= timezone.now():
         raise StudioAPIError("lock_expired", f"Your lock on this item expired at {a.expires_at:%H:%M:%S} UTC.",
                              "Ask for your next item.", status_code=409)
