@@ -1,18 +1,21 @@
 """Publishing studio events to browsers.
 
 :func:`publish` stores the event (history, and the transport when there is no Redis) and, when
-the channel layer crosses processes (channels_redis), sends it to the group as well. Websocket
+the channel layer crosses processes (channels_redis), sends it to the group as well once the
+transaction that stored it commits. Websocket
 consumers either join the group or follow the table — see :mod:`studio.consumers`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 
 from studio.models import Event
 
@@ -39,11 +42,16 @@ def publish(kind: str, payload: dict[str, Any] | None = None, *, group: str = "s
 
 def deliver(event: Event) -> None:
     """Send a stored event to its group over the channel layer, when one crosses processes (the
-    followers of the table need nothing more). For code that stores the row itself (the labeling
-    hot path writes it with the judgement, in one statement)."""
+    followers of the table need nothing more), once the transaction that stored it commits
+    (right away outside one): a rolled-back event is never announced. For code that stores the row
+    itself (the labeling hot path writes it with the judgement, in one statement)."""
     if uses_channel_layer():
-        try:
-            async_to_sync(get_channel_layer().group_send)(
-                group_channel_name(event.group), {"type": "studio.event", "event": event.as_message()})
-        except Exception:  # the event is stored; followers catch up from the table on reconnect
-            log.exception("could not send event %s to the channel layer", event.id)
+        transaction.on_commit(functools.partial(_send, event))
+
+
+def _send(event: Event) -> None:
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            group_channel_name(event.group), {"type": "studio.event", "event": event.as_message()})
+    except Exception:  # the event is stored; followers catch up from the table on reconnect
+        log.exception("could not send event %s to the channel layer", event.id)

@@ -92,3 +92,22 @@ async def test_selftest_goes_through_the_queue_and_comes_back(make_user, setting
 def test_selftest_needs_a_builder(client_for, annotator):  # noqa: ANN001
     resp = client_for(annotator).post("/api/system/selftest/")
     assert resp.status_code == 403 and resp.json()["code"] == "permission_denied"
+
+
+def test_the_channel_layer_hears_of_an_event_only_when_its_transaction_commits(monkeypatch):  # noqa: ANN001
+    from django.db import transaction
+
+    from studio import events
+
+    sent: list[str] = []
+    monkeypatch.setattr(events, "uses_channel_layer", lambda: True)
+    monkeypatch.setattr(events, "_send", lambda event: sent.append(event.kind))
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish("rolled.back")
+        raise RuntimeError("the writer failed")
+    with transaction.atomic():
+        publish("kept")
+        assert sent == []  # not before the commit
+    assert sent == ["kept"]
+    publish("outside")  # no transaction: at once
+    assert sent == ["kept", "outside"]
