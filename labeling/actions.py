@@ -838,6 +838,22 @@ def judgement_data(row: tuple[Any, ...] | dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _stored_for_token(user: Any, client_token: str | None) -> tuple[dict[str, Any], bool, int] | None:
+    """What :func:`_submit` returns for a submission whose client token is already stored: the
+    stored judgement (``created=False``) and its project; refused when the token is another
+    annotator's (409 ``token_in_use``); None for a new token (or none)."""
+    if not client_token:
+        return None
+    existing = sql.one(f"SELECT {', '.join(JUDGEMENT_COLUMNS)} FROM {sql.table(Judgement)} WHERE client_token = %s",
+                       [client_token])
+    if existing is None:
+        return None
+    if existing[JUDGEMENT_COLUMNS.index("annotator_id")] != user.pk:
+        raise StudioAPIError("token_in_use", "This client token belongs to another judgement.",
+                             "Use a fresh random token per judgement.", status_code=409)
+    return judgement_data(existing), False, existing[JUDGEMENT_COLUMNS.index("project_id")]
+
+
 def _submit(user: Any, assignment_id: int, data: dict[str, Any],
             client_token: str | None) -> tuple[dict[str, Any], bool, ProjectRules | int]:
     """Record a judgement for the user's locked item, in the caller's transaction. Returns
@@ -850,15 +866,9 @@ def _submit(user: Any, assignment_id: int, data: dict[str, Any],
     """
     if client_token is not None and (not isinstance(client_token, str) or not 1 <= len(client_token) <= 100):
         raise _invalid("client_token", "must be text of 1 to 100 characters (a UUID is a good choice)")
-    judgements = sql.table(Judgement)
-    if client_token:
-        existing = sql.one(f"SELECT {', '.join(JUDGEMENT_COLUMNS)} FROM {judgements} WHERE client_token = %s",
-                           [client_token])
-        if existing is not None:
-            if existing[JUDGEMENT_COLUMNS.index("annotator_id")] != user.pk:
-                raise StudioAPIError("token_in_use", "This client token belongs to another judgement.",
-                                     "Use a fresh random token per judgement.", status_code=409)
-            return judgement_data(existing), False, existing[JUDGEMENT_COLUMNS.index("project_id")]
+    stored = _stored_for_token(user, client_token)
+    if stored is not None:
+        return stored
     # lock the assignment row only: locking the joined item and project rows as well would queue
     # every submission of a project behind one another on PostgreSQL
     row = sql.one(
@@ -878,6 +888,11 @@ def _submit(user: Any, assignment_id: int, data: dict[str, Any],
     now = timezone.now()
     expires_at = sql.py_datetime(expires_at)
     if status == ASSIGN_SUBMITTED:
+        # the same submission sent twice at once: the first one committed while this one waited
+        # for the assignment's row lock, after its token look-up; now the stored judgement shows
+        stored = _stored_for_token(user, client_token)
+        if stored is not None:
+            return stored
         raise StudioAPIError("already_submitted", "You have already judged this item.",
                              "Edit your judgement instead (PATCH /api/labeling/judgements/<id>/) within the "
                              "edit window.", status_code=409)

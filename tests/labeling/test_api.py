@@ -466,3 +466,32 @@ def test_a_slot_taken_meanwhile_is_looked_for_again_without_losing_the_judgement
     assert body["next"]["assignment"] and body["next"]["item"] not in (held["item"], mine["item"])
     assert Judgement.objects.filter(assignment_id=mine["assignment"], annotator=u2).count() == 1
     assert Assignment.objects.filter(item_id=held["item"]).count() == 1  # nothing written on the taken slot
+
+
+def test_the_same_submission_sent_twice_at_once_returns_the_stored_judgement(make_user, make_project,  # noqa: ANN001
+                                                                             monkeypatch):
+    """A retry racing its own first send: its token look-up ran before the first one committed, then
+    it waited for the assignment's row lock. It gets the stored judgement (200), not a 409."""
+    project = make_project(2, name="double-send")
+    user = make_user("double", "annotator")
+    task = actions.next_item(project, user)
+    sent = {"assignment": task["assignment"], "choice": "b", "client_token": "same-send"}
+    first, created = actions.submit_judgement(user, dict(sent))
+    assert created
+    real, missed = actions._stored_for_token, []
+
+    def look(who, token):  # noqa: ANN001, ANN202 - the second send's first look-up: not committed yet
+        if not missed:
+            missed.append(token)
+            return None
+        return real(who, token)
+
+    monkeypatch.setattr(actions, "_stored_for_token", look)
+    again, created = actions.submit_judgement(user, dict(sent))
+    assert missed == ["same-send"] and not created and again["id"] == first["id"]
+    other = make_user("double-other", "annotator")
+    missed.clear()
+    with pytest.raises(actions.StudioAPIError) as refused:  # someone else's item stays refused
+        actions.submit_judgement(other, dict(sent))
+    assert refused.value.status_code in (403, 409)
+    assert Judgement.objects.filter(project=project).count() == 1
