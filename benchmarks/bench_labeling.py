@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.labeling.live_helpers import api_tokens, check_project, setup_project, signed_in_sessions  # noqa: E402
-from tests.live import StudioServer  # noqa: E402
+from tests.live import StudioServer, throwaway_postgres  # noqa: E402
 
 PASSWORD = "bench-annotator-pass-1"
 
@@ -365,13 +365,9 @@ def main() -> None:
                 rows += bench_backend("sqlite", wenv, args.annotators, args.per_annotator, args.rate, args.paced_seconds,
                                       args.auth)
             elif backend == "postgres":
-                db = f"labbench_{os.getpid()}"
-                subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "root", db], check=True)
-                try:
-                    rows += bench_backend("postgres", {**wenv, "DATABASE_URL": f"postgres://root@127.0.0.1:5432/{db}"},
+                with throwaway_postgres("labbench") as url:
+                    rows += bench_backend("postgres", {**wenv, "DATABASE_URL": url},
                                           args.annotators, args.per_annotator, args.rate, args.paced_seconds, args.auth)
-                finally:
-                    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "root", "--if-exists", db], check=False)
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
             print("measured:", json.dumps(rows[-3:]), flush=True)  # kept if a later run fails
