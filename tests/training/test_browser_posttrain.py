@@ -103,24 +103,25 @@ def test_snapshot_to_reward_model_to_ppo_to_chat(page, server):  # noqa: ANN001
     page.get_by_label("Base model").select_option(f"checkpoint:{shared['base']}")
     page.get_by_label("Labeling snapshot").select_option(str(shared["snapshot"]["id"]))
     page.get_by_label("Reward", exact=True).select_option(f"checkpoint:{rm['id']}")
-    fill_common(page, steps="12")
+    fill_common(page, steps="24")
     page.get_by_label("More settings (JSON, merged into the config)").fill(
         '{"min_prompts": 4, "max_prompt_len": 32, "max_new_tokens": 8, "ppo_epochs": 1, "entropy_warn": 1000}')
+    # record every point count the KL chart shows from the moment the run's page loads (sampled in
+    # the page, installed before it loads: a fast run can neither finish between two checks of the
+    # test nor before the sampler starts, and so hide the growth)
+    page.add_init_script("""window.klSeen = [];
+        setInterval(() => { const c = document.querySelector("canvas[data-metrics='objective/kl']");
+            const n = Number((c && c.dataset.points) || 0);
+            if (n && window.klSeen[window.klSeen.length - 1] !== n) window.klSeen.push(n); }, 20);""")
     page.get_by_role("button", name="Start fine-tuning run").click()
     page.wait_for_url("**/runs/*/")
     ppo_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
     page.locator("#live-status").filter(has_text="live").wait_for()
-    # record every point count the KL chart shows while the run goes on (sampled in the page, so a
-    # fast run cannot finish between two checks of the test and hide the growth)
-    page.evaluate("""() => { window.klSeen = [];
-        setInterval(() => { const c = document.querySelector("canvas[data-metrics='objective/kl']");
-            const n = Number(c.dataset.points || 0);
-            if (n && window.klSeen[window.klSeen.length - 1] !== n) window.klSeen.push(n); }, 20); }""")
     page.locator("#run-status").filter(has_text="succeeded").wait_for(timeout=600_000)
     page.wait_for_function("() => window.klSeen.length >= 2")  # the chart grew while we watched
     seen = page.evaluate("window.klSeen")
     assert len(seen) >= 2 and seen == sorted(seen), (seen, s.request("GET", f"/api/runs/{ppo_id}/")[1])
-    assert page.locator("#progress-text").inner_text() == "step 12 / 12"
+    assert page.locator("#progress-text").inner_text() == "step 24 / 24"
     # entropy_warn set absurdly high: the RL-health panel warns of entropy collapse (once, rule + core flag)
     assert page.locator("#health").is_visible()
     assert page.locator("#health li[data-warning='entropy']").count() == 1
@@ -134,7 +135,7 @@ def test_snapshot_to_reward_model_to_ppo_to_chat(page, server):  # noqa: ANN001
     page.get_by_role("button", name="Send as candidate source").click()
     page.locator("#send-status[data-state='queued']").wait_for()
     count = ("from labeling.models import Response; "
-             f"print(Response.objects.filter(prompt__project_id={pid}, model_name='browser PPO @ step 12').count())")
+             f"print(Response.objects.filter(prompt__project_id={pid}, model_name='browser PPO @ step 24').count())")
     deadline = time.monotonic() + 300
     while int(server.manage("shell", "-c", count).stdout.split()[-1]) < 4:  # 2 open prompts x 2 answers
         assert time.monotonic() < deadline, "the policy's answers did not reach the project:\n" + server.logs()[-3000:]
