@@ -329,7 +329,7 @@ def test_token_last_used_at_is_written_at_most_once_a_minute(studio, annotator, 
 
 def postgresql_only() -> None:
     if connections["default"].vendor != "postgresql":
-        pytest.skip("a PostgreSQL test (DATABASE_URL=postgres://…)")
+        pytest.skip("a PostgreSQL test: run by tests/labeling/test_on_postgresql.py with PostgreSQL as the database")
     assert connections["default"].settings_dict["CONN_HEALTH_CHECKS"]  # the studio's PostgreSQL default
 
 
