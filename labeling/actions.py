@@ -498,13 +498,18 @@ def _eligible_sql(project: Project, user: Any, *, gold: bool) -> tuple[str, list
 ITEM_ORDER = "ORDER BY i.complete, i.id"
 
 
+def _held_slots_sql() -> str:
+    """The number of slots held on item ``i`` (a subquery)."""
+    return f"(SELECT COUNT(*) FROM {sql.table(Assignment)} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
+
+
 def _free_item(project: Project, user: Any, *, gold: bool) -> tuple[int, int] | None:
     """``(item id, slots held)`` of the first eligible item (:func:`_eligible_sql`, in id order)
     ``user`` may be handed now — for regular items, one with fewer held slots than the overlap —
     or None (PostgreSQL locks the regular item it hands out with :func:`_take_free_item`).
     """
     eligible, params = _eligible_sql(project, user, gold=gold)
-    held = f"(SELECT COUNT(*) FROM {Assignment._meta.db_table} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
+    held = _held_slots_sql()
     query = f"SELECT i.id, {held} {eligible}"
     if not gold:
         query += f"AND {held} < %s "
@@ -522,8 +527,7 @@ def _take_free_item(project: ProjectRules, user: Any, now: Any, expires: Any) ->
     statement writes nothing (``ON CONFLICT DO NOTHING``: look again)."""
     eligible, params = _eligible_sql(project, user, gold=False)
     assignments = sql.table(Assignment)
-    held = f"(SELECT COUNT(*) FROM {assignments} h WHERE h.item_id = i.id AND h.slot IS NOT NULL)"
-    candidate = f"SELECT i.id {eligible}AND {held} < %s {ITEM_ORDER} LIMIT 1 FOR UPDATE OF i SKIP LOCKED"
+    candidate = f"SELECT i.id {eligible}AND {_held_slots_sql()} < %s {ITEM_ORDER} LIMIT 1 FOR UPDATE OF i SKIP LOCKED"
     slot = (f"(SELECT MIN(n) FROM generate_series(0, %s - 1) n WHERE NOT EXISTS "
             f"(SELECT 1 FROM {assignments} h WHERE h.item_id = c.id AND h.slot = n))")
     taken = (f"INSERT INTO {assignments} (project_id, item_id, annotator_id, slot, status, is_gold, created_at, "
@@ -866,9 +870,9 @@ def _submit(user: Any, assignment_id: int, data: dict[str, Any],
     """
     if client_token is not None and (not isinstance(client_token, str) or not 1 <= len(client_token) <= 100):
         raise _invalid("client_token", "must be text of 1 to 100 characters (a UUID is a good choice)")
-    stored = _stored_for_token(user, client_token)
-    if stored is not None:
-        return stored
+    again = _stored_for_token(user, client_token)
+    if again is not None:
+        return again
     # lock the assignment row only: locking the joined item and project rows as well would queue
     # every submission of a project behind one another on PostgreSQL
     row = sql.one(
@@ -890,9 +894,9 @@ def _submit(user: Any, assignment_id: int, data: dict[str, Any],
     if status == ASSIGN_SUBMITTED:
         # the same submission sent twice at once: the first one committed while this one waited
         # for the assignment's row lock, after its token look-up; now the stored judgement shows
-        stored = _stored_for_token(user, client_token)
-        if stored is not None:
-            return stored
+        again = _stored_for_token(user, client_token)
+        if again is not None:
+            return again
         raise StudioAPIError("already_submitted", "You have already judged this item.",
                              "Edit your judgement instead (PATCH /api/labeling/judgements/<id>/) within the "
                              "edit window.", status_code=409)
@@ -924,25 +928,25 @@ def _submit(user: Any, assignment_id: int, data: dict[str, Any],
                        [project.overlap - 1, True, item_id]))
     event = Event(group=f"labeling.project.{project_id}", kind="labeling.judgement", created_at=now,
                   payload={"project": project_id, "item": item_id, "annotator": user.pk, "gold": is_gold})
-    event_row = {"group": event.group, "kind": event.kind, "payload": None, "actor_id": None, "created_at": at}
     if connection.vendor == "postgresql":
         # one statement: the updates, the judgement, and its event (whose payload names the
         # judgement's new id) as CTEs
         ctes = ", ".join(f"w{n} AS ({q})" for n, (q, _) in enumerate(writes))
-        event_cols = ", ".join(connection.ops.quote_name(c) for c in event_row)
+        event_cols = ", ".join(connection.ops.quote_name(c) for c in ("group", "kind", "payload", "created_at"))
         values["id"], event.id = sql.one(
             f"WITH {ctes}, j AS ({sql.insert_statement(Judgement, stored)} RETURNING id), "
             f"e AS (INSERT INTO {sql.table(Event)} ({event_cols}) SELECT %s, %s, "
-            "%s || jsonb_build_object('judgement', j.id), NULL, %s FROM j RETURNING id) SELECT j.id, e.id FROM j, e",
+            "%s || jsonb_build_object('judgement', j.id), %s FROM j RETURNING id) SELECT j.id, e.id FROM j, e",
             [*(p for _, ps in writes for p in ps), *stored.values(), event.group, event.kind,
-            sql.db_json(Event, "payload", event.payload), at])
+             sql.db_json(Event, "payload", event.payload), at])
         event.payload["judgement"] = values["id"]
     else:
         values["id"] = sql.insert(Judgement, stored)
         for query, params in writes:
             sql.execute(query, params)
         event.payload["judgement"] = values["id"]
-        event.id = sql.insert(Event, {**event_row, "payload": sql.db_json(Event, "payload", event.payload)})
+        event.id = sql.insert(Event, {"group": event.group, "kind": event.kind, "created_at": at,
+                                      "payload": sql.db_json(Event, "payload", event.payload)})
     deliver(event)
     return judgement_data(values), True, project
 

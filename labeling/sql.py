@@ -67,15 +67,13 @@ def execute(sql: str, params: Sequence[Any] = ()) -> int:
         return cursor.rowcount
 
 
-def insert(model: type[Model], values: dict[str, Any], *, before: str = "", before_params: Sequence[Any] = (),
-           on_conflict_nothing: bool = False) -> int | None:
+def insert(model: type[Model], values: dict[str, Any], *, on_conflict_nothing: bool = False) -> int | None:
     """INSERT one row (column -> already prepared value) and return its id (``RETURNING``:
-    PostgreSQL, SQLite ≥ 3.35). ``before``: a ``WITH …`` clause of the same statement (PostgreSQL
-    runs the data-changing statements in it as well), with its parameters. ``on_conflict_nothing``:
-    a row that would break a unique constraint is not written and None comes back (no error, so the
-    transaction goes on: PostgreSQL and SQLite ≥ 3.24)."""
-    row = one(f"{before}{insert_statement(model, values)}{' ON CONFLICT DO NOTHING' if on_conflict_nothing else ''}"
-              " RETURNING id", [*before_params, *values.values()])
+    PostgreSQL, SQLite ≥ 3.35). ``on_conflict_nothing``: a row that would break a unique constraint
+    is not written and None comes back (no error, so the transaction goes on: PostgreSQL and
+    SQLite ≥ 3.24)."""
+    row = one(f"{insert_statement(model, values)}{' ON CONFLICT DO NOTHING' if on_conflict_nothing else ''}"
+              " RETURNING id", list(values.values()))
     if row is None:
         assert on_conflict_nothing
         return None
