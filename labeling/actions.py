@@ -3,9 +3,10 @@
 Every write is one transaction. On SQLite the hot writes (assignment, submission, skip, edit)
 queue on the database's write lock (:func:`studio.dbwrite.write_transaction`, shared by every
 web worker process) and open with ``BEGIN IMMEDIATE``; on PostgreSQL the item row is locked with
-``SELECT … FOR UPDATE`` while a slot is handed out, and ``unique(item, slot)`` /
-``unique(item, annotator)`` reject anything that slips past. Events go to the project's group
-(``labeling.project.<id>``) for the live dashboard.
+``SELECT … FOR UPDATE`` while a slot is handed out, and a hand-out that would break
+``unique(item, slot)`` / ``unique(item, annotator)`` writes nothing (``ON CONFLICT DO NOTHING``)
+and the next free item is looked for. Events go to the project's group (``labeling.project.<id>``)
+for the live dashboard.
 """
 
 from __future__ import annotations
